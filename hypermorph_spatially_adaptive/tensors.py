@@ -1,0 +1,111 @@
+"""Input validation and loss reduction shared by losses, regularizers and metrics.
+
+Conventions: images ``[B, C, *S]``, fields ``[B, ndim, *S]`` in voxels (channel k = array axis k),
+``ndim = len(S)`` in {2, 3}.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+
+__all__ = [
+    "Parameter",
+    "reduce_loss",
+    "check_field",
+    "check_image",
+    "check_spacing",
+    "as_voxelwise",
+]
+
+#: A weight or Lame parameter: a float, one value per sample ``[B]`` or a voxelwise map ``[B, 1, *S]``.
+Parameter = Union[float, torch.Tensor]
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def reduce_loss(values: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Reduce a per-voxel loss map ``[B, 1, *S]``: ``none`` returns it, ``mean``/``sum`` over all elements."""
+    if reduction == "none":
+        return values
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_field(field: torch.Tensor, name: str = "field") -> int:
+    """Validate a field ``[B, ndim, *S]`` (ndim 2 or 3, channels == ndim, finite); return ndim."""
+    if not isinstance(field, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor [B, ndim, *S], got {type(field).__name__}")
+    ndim = field.dim() - 2
+    if ndim not in (2, 3):
+        raise ValueError(f"{name} must have shape [B, ndim, *S] with ndim 2 or 3, got shape {tuple(field.shape)}")
+    if field.shape[1] != ndim:
+        raise ValueError(
+            f"{name} must have ndim={ndim} channels for a {ndim}D grid (shape [B, {ndim}, *S]), "
+            f"got {field.shape[1]} channels in shape {tuple(field.shape)}"
+        )
+    if not torch.isfinite(field).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return ndim
+
+
+def check_image(image: torch.Tensor, name: str = "image", channels: int | None = None) -> int:
+    """Validate an image ``[B, C, *S]`` (2D or 3D, finite, optional channel count); return ndim."""
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor [B, C, *S], got {type(image).__name__}")
+    ndim = image.dim() - 2
+    if ndim not in (2, 3):
+        raise ValueError(f"{name} must have shape [B, C, *S] with 2 or 3 spatial axes, got shape {tuple(image.shape)}")
+    if channels is not None and image.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channel(s) [B, {channels}, *S], got shape {tuple(image.shape)}")
+    if image.is_floating_point() and not torch.isfinite(image).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return ndim
+
+
+def check_spacing(spacing: Sequence[float] | torch.Tensor | None, ndim: int, name: str = "spacing") -> tuple[float, ...]:
+    """Return spacing (mm per voxel, one value per axis) as a tuple; ``None`` means 1 voxel = 1 unit."""
+    if spacing is None:
+        return (1.0,) * ndim
+    if isinstance(spacing, torch.Tensor):
+        spacing = spacing.detach().flatten().tolist()
+    values = tuple(float(s) for s in spacing)
+    if len(values) != ndim:
+        raise ValueError(f"{name} must have {ndim} values (one per axis, in mm), got {values}")
+    if not all(s > 0 and s == s and s != float("inf") for s in values):
+        raise ValueError(f"{name} must be finite and positive, got {values}")
+    return values
+
+
+def as_voxelwise(value: Parameter, like: torch.Tensor, name: str) -> torch.Tensor | float:
+    """Bring a parameter to a form that broadcasts against a map ``[B, 1, *S]`` shaped like ``like``.
+
+    Accepts a float (returned as is), a per-sample tensor ``[B]`` (returned as ``[B, 1, 1, ...]``) or a
+    voxelwise map ``[B, 1, *S]``. Values must be finite and non-negative.
+    """
+    batch, spatial = like.shape[0], tuple(like.shape[2:])
+    if not isinstance(value, torch.Tensor):
+        value = float(value)
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"{name} must be a finite non-negative number, got {value}")
+        return value
+    if value.dim() == 0:
+        out = value.reshape((1,) * like.dim())
+    elif value.dim() == 1 and value.shape[0] in (1, batch):
+        out = value.reshape((-1,) + (1,) * (like.dim() - 1))
+    elif value.dim() == like.dim() and value.shape[0] in (1, batch) and value.shape[1] == 1 \
+            and tuple(value.shape[2:]) == spatial:
+        out = value
+    else:
+        raise ValueError(
+            f"{name} must be a float, a per-sample tensor [B={batch}] or a voxelwise map "
+            f"[B={batch}, 1, {', '.join(map(str, spatial))}], got shape {tuple(value.shape)}"
+        )
+    if not torch.isfinite(out).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if (out < 0).any():
+        raise ValueError(f"{name} must be non-negative")
+    return out.to(like.dtype)
