@@ -16,6 +16,7 @@ __all__ = [
     "check_image",
     "check_spacing",
     "as_voxelwise",
+    "all_finite",
 ]
 
 #: A weight or Lame parameter: a float, one value per sample ``[B]`` or a voxelwise map ``[B, 1, *S]``.
@@ -29,10 +30,20 @@ def reduce_loss(values: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     if reduction == "none":
         return values
     if reduction == "mean":
-        return values.mean()
+        # Same value as values.mean(), but the backward hands on a broadcast (stride-0) gradient instead of
+        # materialising a full-size one, which fused backwards such as the elastic energy's exploit.
+        return values.sum() / values.numel()
     if reduction == "sum":
         return values.sum()
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """True if no element is NaN or infinite (one min/max pass: about 10x cheaper than ``isfinite().all()``)."""
+    if tensor.numel() == 0:
+        return True
+    # aminmax propagates NaN, and an infinity shows up as the min or the max.
+    return bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all())
 
 
 def check_field(field: torch.Tensor, name: str = "field") -> int:
@@ -47,7 +58,7 @@ def check_field(field: torch.Tensor, name: str = "field") -> int:
             f"{name} must have ndim={ndim} channels for a {ndim}D grid (shape [B, {ndim}, *S]), "
             f"got {field.shape[1]} channels in shape {tuple(field.shape)}"
         )
-    if not torch.isfinite(field).all():
+    if not all_finite(field):
         raise ValueError(f"{name} contains NaN or infinite values")
     return ndim
 
@@ -61,7 +72,7 @@ def check_image(image: torch.Tensor, name: str = "image", channels: int | None =
         raise ValueError(f"{name} must have shape [B, C, *S] with 2 or 3 spatial axes, got shape {tuple(image.shape)}")
     if channels is not None and image.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channel(s) [B, {channels}, *S], got shape {tuple(image.shape)}")
-    if image.is_floating_point() and not torch.isfinite(image).all():
+    if image.is_floating_point() and not all_finite(image):
         raise ValueError(f"{name} contains NaN or infinite values")
     return ndim
 
@@ -104,8 +115,12 @@ def as_voxelwise(value: Parameter, like: torch.Tensor, name: str) -> torch.Tenso
             f"{name} must be a float, a per-sample tensor [B={batch}] or a voxelwise map "
             f"[B={batch}, 1, {', '.join(map(str, spatial))}], got shape {tuple(value.shape)}"
         )
-    if not torch.isfinite(out).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if (out < 0).any():
-        raise ValueError(f"{name} must be non-negative")
-    return out.to(like.dtype)
+    out = out.to(like.dtype)
+    if out.numel():
+        # One min/max pass and one sync: NaN fails ``>= 0``, -inf fails ``>= 0``, +inf fails ``< inf``.
+        low, high = torch.aminmax(out)
+        if not bool((low >= 0) & (high < float("inf"))):
+            if not all_finite(out):
+                raise ValueError(f"{name} contains NaN or infinite values")
+            raise ValueError(f"{name} must be non-negative")
+    return out
