@@ -1,0 +1,207 @@
+"""Training-step time of HyperVxmDense against a plain VoxelMorph U-Net of the same widths.
+
+Usage::
+
+    python benchmarks/bench_model.py [--device cpu] [--repeats 3] [--size-2d 192 192] [--size-3d 96 64 96]
+                                     [--cases 2d_b1 2d_b4 3d_b1] [--alternatives]
+
+One step = forward, loss (NCC weighted by ``1 - lam - mu`` per sample + ``regularizers.elastic_energy`` of the
+velocity with per-sample lam, mu), backward, Adam step. Cases: ``2d_b1`` (2D, batch 1), ``2d_b4`` (2D, batch 4,
+a different parameter vector per sample: the grouped-convolution path), ``2d_b4_shared`` (batch 4, one vector
+for all: the shared-kernel path), ``3d_b1``. The hyper and plain models (default widths, 7 integration steps)
+run round-robin in one process, so load from other processes affects both alike; the median over
+``--repeats`` steps (after ``--warmup``) is reported, with the minimum (least disturbed by other processes) and
+the median of the per-round ratios hyper/plain ("paired").
+Adam is the fused implementation by default (``--adam foreach`` for torch's default one): the hyper model has
+~14M (2D) / ~42M (3D) parameters, mostly the kernel heads, and foreach Adam's temporaries dominate its step on
+CPU. ``--alternatives`` also times the batched cases with the hyper-convolutions run as a Python loop over
+samples instead of one grouped convolution. Prints a table and writes JSON to ``benchmarks/results/model.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from hypermorph_spatially_adaptive import HyperVxmDense, VxmDense, ncc_loss, sample_hyperparams  # noqa: E402
+from hypermorph_spatially_adaptive import hypernetwork  # noqa: E402
+
+try:
+    from regularizers import elastic_energy  # noqa: E402
+    ELASTIC = "regularizers.elastic_energy"
+except ImportError:  # the regularizer module is written separately; keep the benchmark runnable without it
+    ELASTIC = "placeholder: lam/2 * |grad v|^2 + mu * |grad v|^2 (forward differences)"
+
+    def elastic_energy(velocity, lam, mu, spacing=None, reduction="mean"):
+        ndim = velocity.dim() - 2
+        lam = lam.view(-1, *([1] * (ndim + 1)))
+        mu = mu.view(-1, *([1] * (ndim + 1)))
+        total = 0.0
+        for a in range(ndim):
+            d = velocity.diff(dim=2 + a)
+            total = total + ((0.5 * lam + mu) * d.square()).mean()
+        return total
+
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "model.json"
+CASES = ("2d_b1", "2d_b4", "2d_b4_shared", "3d_b1")
+
+
+def _loop_hyper_conv(x, weight, bias, stride=1, padding=0):
+    """Per-sample loop alternative to :func:`hypernetwork.hyper_conv` (for ``--alternatives``)."""
+    conv = F.conv2d if x.dim() == 4 else F.conv3d
+    if weight.shape[0] == 1:
+        return conv(x, weight[0], bias[0], stride=stride, padding=padding)
+    return torch.cat([conv(x[i:i + 1], weight[i], bias[i], stride=stride, padding=padding)
+                      for i in range(x.shape[0])])
+
+
+def _case_shape(case: str, size_2d: Sequence[int], size_3d: Sequence[int]) -> tuple[tuple[int, ...], int, bool]:
+    shape = tuple(size_3d) if case.startswith("3d") else tuple(size_2d)
+    batch = 4 if "_b4" in case else 1
+    return shape, batch, case.endswith("shared")
+
+
+def _make_step(model, optimizer, moving, fixed, hyper, loop: bool = False):
+    lam, mu = hyper[:, 0], hyper[:, 1]
+    weight = (1.0 - lam - mu).clamp_min(0.0)
+    is_hyper = isinstance(model, HyperVxmDense)
+
+    def step() -> float:
+        original = hypernetwork.hyper_conv
+        if loop:
+            hypernetwork.hyper_conv = _loop_hyper_conv
+        try:
+            optimizer.zero_grad(set_to_none=True)
+            out = model(moving, fixed, hyper) if is_hyper else model(moving, fixed)
+            loss = ncc_loss(fixed, out.warped, window=9, weight=weight) + elastic_energy(out.velocity, lam, mu)
+            loss.backward()
+            optimizer.step()
+        finally:
+            hypernetwork.hyper_conv = original
+        return float(loss.detach())
+
+    return step
+
+
+def _time(step, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def _adam(model: torch.nn.Module, impl: str) -> torch.optim.Adam:
+    return torch.optim.Adam(model.parameters(), lr=1e-4, **({"fused": True} if impl == "fused" else {"foreach": True}))
+
+
+def run_case(case: str, shape: tuple[int, ...], batch: int, shared: bool, device: torch.device, repeats: int,
+             warmup: int, alternatives: bool, adam: str = "fused", seed: int = 0) -> dict:
+    """Time one case; returns medians (ms/step) per variant, all samples and the parameter counts."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    moving = torch.rand(batch, 1, *shape, generator=g).to(device)
+    fixed = torch.rand(batch, 1, *shape, generator=g).to(device)
+    hyper = sample_hyperparams(batch, 1, endpoint_prob=0.0, generator=g)
+    if shared:
+        hyper = hyper[:1].expand(batch, -1).contiguous()
+    hyper = hyper.to(device)
+    models = {"hyper": HyperVxmDense(shape, 2).to(device), "plain": VxmDense(shape).to(device)}
+    steps = {}
+    for name, model in models.items():
+        steps[name] = _make_step(model, _adam(model, adam), moving, fixed, hyper)
+    if alternatives and batch > 1 and not shared:
+        model = models["hyper"]
+        steps["hyper_loop"] = _make_step(model, _adam(model, adam), moving, fixed, hyper, loop=True)
+    samples = {name: [] for name in steps}
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    for _ in range(repeats):
+        for name, step in steps.items():  # round-robin: every variant sees the same background load
+            samples[name].append(_time(step, device))
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    minima = {name: min(values) for name, values in samples.items()}
+    result = {
+        "case": case, "shape": list(shape), "batch": batch, "shared_parameters": shared,
+        "ms_per_step": medians, "min_ms_per_step": minima, "samples_ms": samples,
+        "ratio_hyper_over_plain": medians["hyper"] / medians["plain"],
+        "ratio_of_minima": minima["hyper"] / minima["plain"],
+        # hyper and plain of the same round ran back to back: their ratio cancels slow changes in background load
+        "median_paired_ratio": statistics.median(h / p for h, p in zip(samples["hyper"], samples["plain"])),
+        "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()},
+    }
+    if "hyper_loop" in medians:
+        result["ratio_loop_over_grouped"] = medians["hyper_loop"] / medians["hyper"]
+    return result
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
+    parser.add_argument("--size-2d", type=int, nargs=2, default=[192, 192], metavar=("H", "W"))
+    parser.add_argument("--size-3d", type=int, nargs=3, default=[96, 64, 96], metavar=("D", "H", "W"))
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=["2d_b1", "2d_b4", "2d_b4_shared", "3d_b1"])
+    parser.add_argument("--alternatives", action="store_true",
+                        help="also time the per-sample loop instead of the grouped conv for batch > 1")
+    parser.add_argument("--adam", choices=("fused", "foreach"), default="fused",
+                        help="Adam implementation (fused: one kernel per step, no temporaries)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output file")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    results = []
+    print(f"elastic loss: {ELASTIC}; device {device}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
+          f"adam {args.adam}; median (min) of {args.repeats} steps")
+    print(f"{'case':<14}{'shape':<12}{'B':>3}{'hyper ms':>17}{'plain ms':>17}{'ratio':>13}{'paired':>8}"
+          f"{'loop ms':>10}")
+    for case in args.cases:
+        shape, batch, shared = _case_shape(case, args.size_2d, args.size_3d)
+        r = run_case(case, shape, batch, shared, device, args.repeats, args.warmup, args.alternatives, args.adam)
+        results.append(r)
+        ms = r["ms_per_step"]
+        loop = f"{ms['hyper_loop']:10.1f}" if "hyper_loop" in ms else f"{'-':>10}"
+        lo = r["min_ms_per_step"]
+        print(f"{case:<14}{'x'.join(map(str, shape)):<12}{batch:>3}{ms['hyper']:9.1f} ({lo['hyper']:5.0f})"
+              f"{ms['plain']:9.1f} ({lo['plain']:5.0f}){r['ratio_hyper_over_plain']:6.2f} ({r['ratio_of_minima']:4.2f})"
+              f"{r['median_paired_ratio']:8.2f}{loop}", flush=True)
+    report = {
+        "benchmark": "training step (forward, NCC + elastic, backward, Adam) HyperVxmDense vs plain U-Net",
+        "elastic_loss": ELASTIC, "device": str(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "platform": platform.platform(), "processor": platform.processor(),
+        "repeats": args.repeats, "warmup": args.warmup, "adam": args.adam, "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

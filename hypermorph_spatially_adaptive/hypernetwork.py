@@ -1,0 +1,149 @@
+"""Hypernetwork and hyper-convolution: conv kernels generated per sample from a parameter vector.
+
+``HyperNetwork`` maps a parameter vector ``[B, P]`` to an embedding ``[B, E]``; every ``HyperConv`` turns that
+embedding into its own kernel and bias through linear heads, so one network serves all parameter values
+(HyperMorph, Hoopes et al. 2021). The functional core is :func:`hyper_conv`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["HyperNetwork", "HyperConv", "hyper_conv", "conv_nd", "kaiming_std", "EMBEDDING_SECOND_MOMENT"]
+
+#: Slope of the LeakyReLU that follows every U-Net convolution; used for the Kaiming gain.
+LEAKY_SLOPE = 0.2
+
+#: Assumed mean square of one embedding unit at initialisation, used to scale the kernel heads. With Kaiming
+#: (ReLU) weights and small biases, an MLP keeps the mean square of its input through its layers, and inputs in
+#: [0, 1] drawn as by ``sample_hyperparams`` have a mean square near 1/3.
+EMBEDDING_SECOND_MOMENT = 1.0 / 3.0
+
+
+def conv_nd(ndim: int):
+    """``F.conv2d`` or ``F.conv3d`` for ``ndim`` spatial axes."""
+    if ndim == 2:
+        return F.conv2d
+    if ndim == 3:
+        return F.conv3d
+    raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
+
+
+def kaiming_std(fan_in: int, slope: float = LEAKY_SLOPE) -> float:
+    """Standard deviation of a Kaiming-normal kernel for a LeakyReLU of ``slope``: ``sqrt(2 / ((1 + a^2) fan_in))``."""
+    return math.sqrt(2.0 / ((1.0 + slope ** 2) * fan_in))
+
+
+def hyper_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1,
+               padding: int = 0) -> torch.Tensor:
+    """Convolve each sample with its own kernel.
+
+    x ``[B, Cin, *S]``; weight ``[B, Cout, Cin, *k]`` (or ``[1, Cout, Cin, *k]``: one kernel for every sample);
+    bias ``[B, Cout]`` / ``[1, Cout]`` or None. Returns ``[B, Cout, *S']``. Distinct kernels run as a single
+    grouped convolution with the batch folded into the channels (input ``[1, B*Cin, *S]``, weight
+    ``[B*Cout, Cin, *k]``, ``groups=B``); a single kernel is a plain convolution.
+    """
+    ndim = x.dim() - 2
+    conv = conv_nd(ndim)
+    batch, cin = x.shape[:2]
+    if weight.dim() != ndim + 3 or weight.shape[2] != cin or weight.shape[0] not in (1, batch):
+        raise ValueError(f"weight must have shape [B={batch} or 1, Cout, Cin={cin}, *k] for x of shape "
+                         f"{tuple(x.shape)}, got {tuple(weight.shape)}")
+    cout = weight.shape[1]
+    if bias is not None and (bias.dim() != 2 or bias.shape != (weight.shape[0], cout)):
+        raise ValueError(f"bias must have shape [{weight.shape[0]}, {cout}], got {tuple(bias.shape)}")
+    if weight.shape[0] == 1:
+        return conv(x, weight[0], None if bias is None else bias[0], stride=stride, padding=padding)
+    folded = x.reshape(1, batch * cin, *x.shape[2:])
+    out = conv(folded, weight.reshape(batch * cout, cin, *weight.shape[3:]),
+               None if bias is None else bias.reshape(batch * cout), stride=stride, padding=padding, groups=batch)
+    return out.view(batch, cout, *out.shape[2:])
+
+
+class HyperNetwork(nn.Module):
+    """MLP ``[B, P] -> [B, units]``: ``layers`` linear layers, each followed by ReLU.
+
+    Weights are Kaiming-normal for ReLU (the embedding keeps roughly the mean square of the input, see
+    :data:`EMBEDDING_SECOND_MOMENT`); biases use PyTorch's default uniform init, so that the all-zero vector
+    (no regularization) does not give an all-zero embedding.
+    """
+
+    def __init__(self, nb_hyp_params: int, layers: int = 6, units: int = 128):
+        super().__init__()
+        for name, value in (("nb_hyp_params", nb_hyp_params), ("layers", layers), ("units", units)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.nb_hyp_params, self.units = nb_hyp_params, units
+        sizes = [nb_hyp_params] + [units] * layers
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        for layer in self.layers:
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+
+    def forward(self, hyper: torch.Tensor) -> torch.Tensor:
+        """hyper ``[B, P]`` -> embedding ``[B, units]`` (non-negative)."""
+        if hyper.dim() != 2 or hyper.shape[1] != self.nb_hyp_params:
+            raise ValueError(f"hyper must have shape [B, {self.nb_hyp_params}], got {tuple(hyper.shape)}")
+        x = hyper
+        for layer in self.layers:
+            x = F.relu(layer(x))
+        return x
+
+
+class HyperConv(nn.Module):
+    """Convolution whose kernel and bias are linear functions of a hypernetwork embedding (wraps :func:`hyper_conv`).
+
+    ``forward(x [B, Cin, *S], embedding [B, E] or [1, E]) -> [B, Cout, *S']`` with padding ``kernel_size // 2``
+    (same size for stride 1). An embedding with one row applies one kernel to the whole batch.
+
+    Initialisation: the generated kernel ``W e + b`` should start with the variance of a Kaiming-normal kernel
+    for LeakyReLU(0.2), ``s^2 = 2 / (1.04 fan_in)``. Half of it comes from the head bias ``b`` (a Kaiming kernel
+    scaled by sqrt(1/2), shared by all parameter values) and half from ``W e`` (``W ~ N(0, s^2 / (2 E m2))``,
+    m2 = :data:`EMBEDDING_SECOND_MOMENT`), which makes the kernels depend on the parameters from the start.
+    The generated conv bias starts at zero (its head is zero-initialised) and is learned.
+    """
+
+    def __init__(self, ndim: int, in_channels: int, out_channels: int, embedding_size: int,
+                 kernel_size: int = 3, stride: int = 1):
+        super().__init__()
+        conv_nd(ndim)  # validates ndim
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("embedding_size", embedding_size), ("kernel_size", kernel_size), ("stride", stride)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (centred 'same' padding), got {kernel_size}")
+        self.ndim, self.in_channels, self.out_channels = ndim, in_channels, out_channels
+        self.embedding_size, self.kernel_size, self.stride = embedding_size, kernel_size, stride
+        self.kernel_shape = (out_channels, in_channels) + (kernel_size,) * ndim
+        numel = math.prod(self.kernel_shape)
+        self.weight_head = nn.Linear(embedding_size, numel)
+        self.bias_head = nn.Linear(embedding_size, out_channels)
+        std = kaiming_std(in_channels * kernel_size ** ndim)
+        with torch.no_grad():
+            self.weight_head.weight.normal_(0.0, std / math.sqrt(2.0 * embedding_size * EMBEDDING_SECOND_MOMENT))
+            self.weight_head.bias.normal_(0.0, std / math.sqrt(2.0))
+            self.bias_head.weight.zero_()
+            self.bias_head.bias.zero_()
+
+    def generate(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kernels ``[N, Cout, Cin, *k]`` and biases ``[N, Cout]`` for an embedding ``[N, E]``."""
+        if embedding.dim() != 2 or embedding.shape[1] != self.embedding_size:
+            raise ValueError(f"embedding must have shape [B, {self.embedding_size}], got {tuple(embedding.shape)}")
+        weight = self.weight_head(embedding).view(embedding.shape[0], *self.kernel_shape)
+        return weight, self.bias_head(embedding)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        if x.dim() != self.ndim + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape [B, {self.in_channels}, *S] with {self.ndim} spatial axes, "
+                             f"got {tuple(x.shape)}")
+        if embedding.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"embedding must have 1 or B={x.shape[0]} rows, got shape {tuple(embedding.shape)}")
+        weight, bias = self.generate(embedding)
+        return hyper_conv(x, weight, bias, stride=self.stride, padding=self.kernel_size // 2)
+
+    def extra_repr(self) -> str:
+        return (f"ndim={self.ndim}, in_channels={self.in_channels}, out_channels={self.out_channels}, "
+                f"embedding_size={self.embedding_size}, kernel_size={self.kernel_size}, stride={self.stride}")
