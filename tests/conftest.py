@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny 2D phantom dataset and tiny model settings, made once per test session."""
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Small widths keep every end-to-end run to a few seconds on 2 CPU cores.
+TINY_MODEL_FLAGS = ["--enc-features", "4", "8", "--dec-features", "8", "8", "4", "--hyper-layers", "2",
+                    "--hyper-units", "16", "--ncc-window", "5", "--int-steps", "4", "--workers", "0",
+                    "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory):
+    """A 2D phantom dataset (32x32, 6 subjects: 4 train, 1 val, 1 test) in the NLST-like layout."""
+    import phantom
+
+    root = tmp_path_factory.mktemp("phantom") / "data"
+    phantom.write_dataset(root, ndim=2, subjects=6, shape=(32, 32), seed=0, val=1, test=1)
+    return root
+
+
+@pytest.fixture()
+def tiny_flags():
+    return list(TINY_MODEL_FLAGS)

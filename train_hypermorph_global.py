@@ -1,0 +1,12 @@
+#!/usr/bin/env python
+"""Train the global HyperMorph model: one random (lambda, mu) per sample, elastic (or diffusion) regularization.
+
+    python train_hypermorph_global.py --dataset phantom --data-root data/phantom --out runs/demo/global --steps 2000
+    torchrun --nproc_per_node=4 train_hypermorph_global.py ...   # DistributedDataParallel, one shard per rank
+"""
+import sys
+
+from hypermorph_spatially_adaptive.training import main
+
+if __name__ == "__main__":
+    sys.exit(main("global"))

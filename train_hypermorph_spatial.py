@@ -1,0 +1,12 @@
+#!/usr/bin/env python
+"""Train the spatially adaptive HyperMorph model: random (lambda, mu) per tissue class, voxelwise Lame maps.
+
+    python train_hypermorph_spatial.py --dataset phantom --data-root data/phantom --out runs/demo/spatial --steps 2000
+    torchrun --nproc_per_node=4 train_hypermorph_spatial.py ...   # DistributedDataParallel, one shard per rank
+"""
+import sys
+
+from hypermorph_spatially_adaptive.training import main
+
+if __name__ == "__main__":
+    sys.exit(main("spatial"))
