@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import datasets
 
@@ -20,6 +20,7 @@ __all__ = [
     "parse_args_with_config",
     "dataset_options",
     "open_dataset",
+    "run_stage",
     "write_config",
     "load_config_file",
 ]
@@ -128,6 +129,21 @@ def open_dataset(args: argparse.Namespace, split: str | None = None) -> Any:
             if value:
                 given.append(f"{flag} {' '.join(map(str, value)) if isinstance(value, (list, tuple)) else value}")
         raise ValueError(f"{', '.join(given)}: {error}") from error
+
+
+def run_stage(parser: argparse.ArgumentParser, work: Callable[[argparse.Namespace], Any],
+              argv: Sequence[str] | None = None, errors: tuple[type[Exception], ...] = (ValueError,)) -> int:
+    """Parse ``argv`` (with ``--config``), call ``work(args)`` and return the exit code.
+
+    ``errors`` (bad input, found before any output is written) exit with code 2 and the message on stderr.
+    """
+    try:
+        args = parse_args_with_config(parser, argv)
+        result = work(args)
+    except errors as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    print(f"done: {result}")
+    return 0
 
 
 def write_config(out: str | Path, args: argparse.Namespace, **extra: Any) -> Path:

@@ -1,6 +1,8 @@
 """Run-time plumbing shared by the stage scripts: devices, seeding, atomic writes, versions, distributed set-up."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import platform
@@ -9,7 +11,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +22,9 @@ __all__ = [
     "seed_everything",
     "atomic_write",
     "atomic_torch_save",
+    "atomic_write_text",
     "atomic_write_json",
+    "atomic_write_csv",
     "software_versions",
     "rng_state",
     "set_rng_state",
@@ -89,10 +93,23 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` through :func:`atomic_write`."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> Path:
     """Write ``obj`` as indented JSON through :func:`atomic_write`."""
-    text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """Write a CSV (``header`` then ``rows``) through :func:`atomic_write`; floats keep full precision."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def software_versions() -> dict[str, str]:

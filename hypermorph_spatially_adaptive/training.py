@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import datasets
 
-from .cli import HelpFormatter, add_data_args, add_run_args, open_dataset, parse_args_with_config, write_config
+from .cli import HelpFormatter, add_data_args, add_run_args, open_dataset, run_stage, write_config
 from .evaluation import nanmean, pair_metrics
 from .networks import HyperVxmDense
 from .objective import REGULARIZERS, constant_hyperparams, nb_hyp_params, registration_loss, \
@@ -368,11 +368,4 @@ def main(model_type: str, argv: Sequence[str] | None = None) -> int:
     """Entry point of the training scripts; returns the process exit code."""
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
-    parser = build_parser(model_type)
-    try:
-        args = parse_args_with_config(parser, argv)
-        out = train(args)
-    except (ValueError, TrainingError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    print(f"done: {out}")
-    return 0
+    return run_stage(build_parser(model_type), train, argv, errors=(ValueError, TrainingError))

@@ -25,3 +25,24 @@ def phantom_root(tmp_path_factory):
 @pytest.fixture()
 def tiny_flags():
     return list(TINY_MODEL_FLAGS)
+
+
+def _train_tiny(model_type: str, root, out, steps: int = 30):
+    from hypermorph_spatially_adaptive.training import main
+
+    argv = ["--dataset", "phantom", "--data-root", str(root), "--out", str(out), *TINY_MODEL_FLAGS,
+            "--steps", str(steps), "--batch-size", "2", "--lr", "3e-3", "--val-every", str(steps), "--seed", "0"]
+    assert main(model_type, argv) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_global(phantom_root, tmp_path_factory):
+    """Run folder of a tiny global elastic model trained for 30 steps on ``phantom_root`` (checkpoints/last.pt)."""
+    return _train_tiny("global", phantom_root, tmp_path_factory.mktemp("trained") / "global")
+
+
+@pytest.fixture(scope="session")
+def trained_spatial(phantom_root, tmp_path_factory):
+    """Run folder of a tiny spatially adaptive elastic model (5 phantom classes) trained for 30 steps."""
+    return _train_tiny("spatial", phantom_root, tmp_path_factory.mktemp("trained") / "spatial")
