@@ -400,13 +400,15 @@ def _render(labels: np.ndarray, regions: dict[str, np.ndarray],
     lung_vessels = np.maximum(0.6 * _vessels(rng, shape, 1.5, 0.3 * wide), _vessels(rng, shape, 3.0, 0.25 * wide))
     image = np.full(shape, _HU["air"])
     soft = labels == 1
-    image[soft] = (_HU["soft_tissue"] + 10.0 * _noise(rng, shape, 3.0))[soft]
+    # Texture (muscle fibres, fat septa, liver vessels) well above the image noise, so that motion inside the
+    # soft tissues is visible in the images, as it is in contrast-enhanced CT.
+    image[soft] = (_HU["soft_tissue"] + 50.0 * _noise(rng, shape, 1.5))[soft]
     fat = regions["fat"]
-    image[fat] = (_HU["fat"] + 10.0 * _noise(rng, shape, 2.0))[fat]
+    image[fat] = (_HU["fat"] + 30.0 * _noise(rng, shape, 1.5))[fat]
     lung = labels == 2
     image[lung] = (_HU["lung"] + 20.0 * _noise(rng, shape, 1.0) + 780.0 * lung_vessels)[lung]
     liver = labels == 4
-    image[liver] = (_HU["liver"] + 8.0 * _noise(rng, shape, 2.0) + 30.0 * _vessels(rng, shape, 2.5, 0.25))[liver]
+    image[liver] = (_HU["liver"] + 25.0 * _noise(rng, shape, 1.5) + 100.0 * _vessels(rng, shape, 2.5, 0.25))[liver]
     bone = labels == 3
     image[bone] = (_HU["bone"] + 120.0 * _noise(rng, shape, 1.0))[bone]
     # Partial-volume blur of the sharp label edges.

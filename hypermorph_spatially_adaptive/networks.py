@@ -23,7 +23,7 @@ from .hypernetwork import HyperConv, HyperNetwork, conv_nd, kaiming_std, LEAKY_S
 from .tensors import check_image
 from .transform import integrate_velocity, warp
 
-__all__ = ["RegistrationOutput", "PlainConv", "UNet", "VxmDense", "HyperVxmDense", "FORMAT"]
+__all__ = ["RegistrationOutput", "PlainConv", "UNet", "VxmDense", "HyperVxmDense", "spatial_from_global", "FORMAT"]
 
 #: Value of the ``format`` key written by :meth:`save`.
 FORMAT = "hypermorph-v1"
@@ -319,3 +319,23 @@ class HyperVxmDense(_Registration):
 
 def _hyper_block(ndim: int, embedding_size: int, in_channels: int, out_channels: int) -> HyperConv:
     return HyperConv(ndim, in_channels, out_channels, embedding_size)
+
+
+def spatial_from_global(global_model: HyperVxmDense, num_classes: int) -> HyperVxmDense:
+    """A spatially adaptive model (P = 2C) that starts as a copy of the global model (P = 2).
+
+    The first hypernetwork layer sees each class's lambda (and mu) with 1/C of the global weight, so a vector
+    whose classes share one ``(lam, mu)`` gives exactly the global model's output: training the spatial model
+    then only has to learn how the tissues differ (a warm start; the paper trains it from scratch).
+    """
+    if global_model.nb_hyp_params != 2:
+        raise ValueError(f"global_model must take [lam, mu] (nb_hyp_params 2), got {global_model.nb_hyp_params}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    config = {**global_model.config, "nb_hyp_params": 2 * num_classes}
+    model = HyperVxmDense(**config)
+    state = dict(global_model.state_dict())
+    first = state["hypernetwork.layers.0.weight"]  # [units, 2]: columns lam, mu
+    state["hypernetwork.layers.0.weight"] = first.repeat_interleave(num_classes, dim=1) / num_classes
+    model.load_state_dict(state)
+    return model.to(first.device)

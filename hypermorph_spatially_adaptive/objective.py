@@ -15,7 +15,7 @@ import regularizers
 from .hyperparams import sample_hyperparams, split_hyperparams
 from .losses import ncc_loss
 
-__all__ = ["REGULARIZERS", "LossTerms", "nb_hyp_params", "sample_training_hyperparams", "constant_hyperparams",
+__all__ = ["REGULARIZERS", "CLASS_SAMPLING", "LossTerms", "nb_hyp_params", "sample_training_hyperparams", "constant_hyperparams",
            "registration_loss"]
 
 REGULARIZERS = ("elastic", "diffusion")
@@ -36,13 +36,29 @@ def nb_hyp_params(regularizer: str, num_classes: int) -> int:
     return (2 if regularizer == "elastic" else 1) * num_classes
 
 
+CLASS_SAMPLING = ("independent", "mixed")
+
+
 def sample_training_hyperparams(batch: int, num_classes: int, regularizer: str,
-                                generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """Random parameter vectors ``[B, P]`` by the contract's constrained scheme, per sample and per class."""
-    hyper = sample_hyperparams(batch, num_classes, generator=generator, device=device)
+                                generator: torch.Generator | None = None, device=None,
+                                class_sampling: str = "independent") -> torch.Tensor:
+    """Random parameter vectors ``[B, P]`` by the contract's constrained scheme.
+
+    ``independent`` draws every class on its own (the paper). ``mixed`` returns ``(1 - a) * shared + a * own``
+    per sample with ``a ~ U(0, 1)``: ``shared`` is one draw for all classes, ``own`` the independent draws, so
+    training also covers the nearly class-constant vectors that identification produces. Convex combinations
+    stay inside the simplex ``lam + mu <= 1``.
+    """
+    if class_sampling not in CLASS_SAMPLING:
+        raise ValueError(f"class_sampling must be one of {CLASS_SAMPLING}, got {class_sampling!r}")
+    hyper = sample_hyperparams(batch, num_classes, generator=generator)
+    if class_sampling == "mixed" and num_classes > 1:
+        shared = sample_hyperparams(batch, 1, generator=generator).repeat_interleave(num_classes, dim=1)
+        weight = torch.rand(batch, 1, generator=generator, device=hyper.device)
+        hyper = (1.0 - weight) * shared + weight * hyper
     if regularizer == "diffusion":
-        return hyper[:, :num_classes]  # the lambda draws: U(0, 1) with end points oversampled
-    return hyper
+        hyper = hyper[:, :num_classes]  # the lambda draws: U(0, 1) with end points oversampled
+    return hyper if device is None else hyper.to(device)
 
 
 def constant_hyperparams(values: Sequence[float], num_classes: int, batch: int = 1, device=None) -> torch.Tensor:

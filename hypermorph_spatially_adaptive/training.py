@@ -24,17 +24,30 @@ import datasets
 
 from .cli import HelpFormatter, add_data_args, add_run_args, open_dataset, run_stage, write_config
 from .evaluation import nanmean, pair_metrics
-from .networks import HyperVxmDense
-from .objective import REGULARIZERS, constant_hyperparams, nb_hyp_params, registration_loss, \
+from .checkpoints import load_trained_model
+from .networks import HyperVxmDense, spatial_from_global
+from .objective import CLASS_SAMPLING, REGULARIZERS, constant_hyperparams, nb_hyp_params, registration_loss, \
     sample_training_hyperparams
-from .runtime import DistributedContext, atomic_torch_save, init_distributed, resolve_device, rng_state, \
-    seed_everything, set_rng_state
+from .runtime import DistributedContext, atomic_torch_save, atomic_write_json, init_distributed, resolve_device, \
+    rng_state, seed_everything, set_rng_state
 
-__all__ = ["MODEL_TYPES", "TrainingError", "build_parser", "train", "main", "LOG_COLUMNS"]
+__all__ = ["MODEL_TYPES", "LR_SCHEDULES", "TrainingError", "build_parser", "train", "main", "scheduled_lr", "LOG_COLUMNS"]
 
 MODEL_TYPES = ("global", "spatial")
 LOG_COLUMNS = ("step", "epoch", "loss", "similarity", "regularization", "val_dice", "val_tre_mm",
                "val_folding_percent", "time_s")
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(base: float, schedule: str, step: int, total_steps: int) -> float:
+    """Learning rate of (0-based) ``step``; a function of the step alone, so a resumed run continues it."""
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        return 0.5 * base * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
+    raise ValueError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
 
 
 class TrainingError(RuntimeError):
@@ -58,6 +71,8 @@ def build_parser(model_type: str) -> argparse.ArgumentParser:
     group.add_argument("--steps", type=int, default=None, help="total optimisation steps (overrides --epochs)")
     group.add_argument("--batch-size", type=int, default=1)
     group.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    group.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                       help="constant, or cosine decay from --lr to 0 over --steps (a steadier final model; keep --steps when resuming)")
     group.add_argument("--ncc-window", type=int, default=9, help="local NCC window (voxels per axis)")
     group.add_argument("--int-steps", type=int, default=7, help="scaling-and-squaring steps (0: no integration)")
     group.add_argument("--enc-features", type=int, nargs="+", default=[16, 32, 32, 32])
@@ -73,6 +88,13 @@ def build_parser(model_type: str) -> argparse.ArgumentParser:
     if model_type == "spatial":
         group.add_argument("--label-source", choices=("fixed", "moving"), default="fixed",
                            help="labels that build the voxelwise Lame maps (the field lives on the fixed grid)")
+        group.add_argument("--class-sampling", choices=CLASS_SAMPLING, default="independent",
+                           help="independent: each class's parameters drawn on its own (the paper); mixed: a random "
+                                "blend of one shared draw and the independent ones, so nearly class-constant "
+                                "vectors are trained too")
+        group.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                           help="start from a trained global elastic model (its widths replace the width flags): "
+                                "class-constant parameters then reproduce it exactly")
     val = parser.add_argument_group("validation")
     val.add_argument("--val-split", default="val", help="split for validation ('none' to skip)")
     val.add_argument("--val-every", type=int, default=500, help="steps between validations (and at the end)")
@@ -169,11 +191,29 @@ def _prepare(args: argparse.Namespace) -> _Run:
         if f"{args.label_source}_labels" not in first:
             raise ValueError(f"--dataset {args.dataset}: pairs have no {args.label_source} labels for the Lame maps")
     seed_everything(args.seed)  # same initial weights on every rank
-    model = HyperVxmDense(inshape, nb_hyp_params(args.regularizer, num_classes),
-                          enc_features=tuple(args.enc_features), dec_features=tuple(args.dec_features),
-                          int_steps=args.int_steps, hyper_layers=args.hyper_layers, hyper_units=args.hyper_units)
+    if getattr(args, "init_from", None):
+        model = _warm_start(args, num_classes)
+    else:
+        model = HyperVxmDense(inshape, nb_hyp_params(args.regularizer, num_classes),
+                              enc_features=tuple(args.enc_features), dec_features=tuple(args.dec_features),
+                              int_steps=args.int_steps, hyper_layers=args.hyper_layers,
+                              hyper_units=args.hyper_units)
     return _Run(args, Path(args.out), device, context, train_set, val_set, class_names, num_classes, spacing,
                 model.to(device))
+
+
+def _warm_start(args: argparse.Namespace, num_classes: int) -> HyperVxmDense:
+    """The spatial model initialised from ``--init-from``; the width flags are set to the checkpoint's."""
+    if args.regularizer != "elastic":
+        raise ValueError("--init-from needs --regularizer elastic (it copies a global elastic model)")
+    global_model, info = load_trained_model(args.init_from, expect="global", argument="--init-from")
+    if info.regularizer != "elastic":
+        raise ValueError(f"--init-from {args.init_from}: expected an elastic model, got {info.regularizer}")
+    config = global_model.config
+    args.enc_features, args.dec_features = config["enc_features"], config["dec_features"]
+    args.int_steps, args.hyper_layers, args.hyper_units = (config["int_steps"], config["hyper_layers"],
+                                                           config["hyper_units"])
+    return spatial_from_global(global_model, num_classes)
 
 
 def _checkpoint(run: _Run, optimizer: torch.optim.Optimizer, step: int, epoch: int, best: float) -> dict:
@@ -308,7 +348,8 @@ def train(args: argparse.Namespace) -> Path:
             # Parameter draws depend only on (seed, step, rank): a resumed run draws the same ones.
             generator.manual_seed((args.seed * 1_000_003 + step) * 4096 + context.rank)
             hyper = sample_training_hyperparams(batch["fixed"].shape[0], run.num_classes, args.regularizer,
-                                                generator=generator).to(device)
+                                                generator=generator, device=device,
+                                                class_sampling=getattr(args, "class_sampling", "independent"))
             with autocast:
                 output = network(batch["moving"], batch["fixed"], hyper)
             terms = registration_loss(batch["fixed"], output.warped.float(), output.velocity.float(), hyper,
@@ -323,6 +364,8 @@ def train(args: argparse.Namespace) -> Path:
                     f"is {checkpoints / 'last.pt'} (try a lower --lr or check the data)")
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
+            for group in optimizer.param_groups:
+                group["lr"] = scheduled_lr(args.lr, args.lr_schedule, step, total_steps)
             optimizer.step()
             step += 1
             progress.update(1)
@@ -354,8 +397,8 @@ def train(args: argparse.Namespace) -> Path:
     if context.enabled:
         divergence = _replica_divergence(run.model, context)
         if context.is_main:
-            (run.out / "replicas.json").write_text(
-                f'{{"world_size": {context.world_size}, "max_abs_weight_difference": {divergence}}}\n')
+            atomic_write_json({"world_size": context.world_size, "max_abs_weight_difference": divergence},
+                              run.out / "replicas.json")
         context.barrier()
         torch.distributed.destroy_process_group()
     if context.is_main and not (checkpoints / "best.pt").exists():

@@ -283,3 +283,23 @@ def test_plain_baseline_saves_and_loads_through_the_shared_code(tmp_path):
     assert torch.equal(VxmDense.load(tmp_path / "plain.pt")(moving, fixed).velocity, plain(moving, fixed).velocity)
     with pytest.raises(ValueError, match="does not fit HyperVxmDense"):
         HyperVxmDense.load(tmp_path / "plain.pt")
+
+
+def test_spatial_model_from_a_global_one_agrees_for_class_constant_parameters():
+    from hypermorph_spatially_adaptive.networks import spatial_from_global
+
+    torch.manual_seed(0)
+    global_model = HyperVxmDense((16, 16), 2, enc_features=(4, 8), dec_features=(8, 8, 4), hyper_layers=2,
+                                 hyper_units=8, int_steps=2).eval()
+    spatial = spatial_from_global(global_model, 3).eval()
+    moving, fixed = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    lam_mu = torch.tensor([[0.2, 0.5], [0.7, 0.1]])
+    with torch.no_grad():
+        expected = global_model(moving, fixed, lam_mu).velocity
+        got = spatial(moving, fixed, lam_mu.repeat_interleave(3, dim=1)).velocity
+        other = spatial(moving, fixed, torch.tensor([[0.2, 0.9, 0.0, 0.5, 0.0, 0.1]] * 2)).velocity
+    assert spatial.nb_hyp_params == 6
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(other, expected)
+    with pytest.raises(ValueError, match="num_classes"):
+        spatial_from_global(global_model, 1)

@@ -174,3 +174,27 @@ def test_two_process_gloo_training_keeps_replicas_identical(phantom_root, tmp_pa
     assert replicas["world_size"] == 2
     assert replicas["max_abs_weight_difference"] == 0.0
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=False)["step"] == 3
+
+
+def test_spatial_training_can_start_from_the_global_model(phantom_root, trained_global, trained_spatial, tmp_path,
+                                                          tiny_flags, capsys):
+    out = tmp_path / "warm"
+    flags = [*tiny_flags, "--steps", "1", "--lr", "1e-12", "--val-split", "none", "--hyper-units", "7"]
+    _train("spatial", phantom_root, out, flags, "--init-from", str(trained_global / "checkpoints" / "last.pt"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["options"]["hyper_units"] == 16  # the global checkpoint's width, not the flag's
+    warm = torch.load(out / "checkpoints" / "last.pt", weights_only=False)["model_state"]
+    start = torch.load(trained_global / "checkpoints" / "last.pt", weights_only=False)["model_state"]
+    torch.testing.assert_close(warm["unet.encoder.0.weight_head.bias"], start["unet.encoder.0.weight_head.bias"])
+    with pytest.raises(SystemExit) as exit_info:
+        _train("spatial", phantom_root, tmp_path / "bad", flags,
+               "--init-from", str(trained_spatial / "checkpoints" / "last.pt"))
+    assert exit_info.value.code == 2 and "--init-from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("step,expected", [(0, 1e-3), (50, 5e-4), (100, 0.0)])
+def test_cosine_schedule_decays_from_the_base_rate_to_zero(step, expected):
+    from hypermorph_spatially_adaptive.training import scheduled_lr
+
+    assert scheduled_lr(1e-3, "cosine", step, 100) == pytest.approx(expected, abs=1e-12)
+    assert scheduled_lr(1e-3, "constant", step, 100) == 1e-3
