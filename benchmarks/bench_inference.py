@@ -1,0 +1,171 @@
+"""Inference cost per pair: registration (forward + integration), scoring, writing the outputs, peak memory.
+
+Usage::
+
+    python benchmarks/bench_inference.py [--quick] [--sizes 128x128 64 96] [--repeats 3] [--threads 2] [--device cpu]
+
+Per size, in a fresh subprocess: the spatially adaptive ``HyperVxmDense`` (5 classes, P = 10, default widths:
+encoder 16 32 32 32, decoder 32 32 32 32 32 16 16, 7 integration steps, hypernetwork 6 x 128; untrained) on a
+synthetic pair (random images, 5-class concentric label shells, 100 keypoints) as ``inference.py`` runs it:
+
+- ``register``: ``inference.register`` (forward, integration, warp; the ``runtime_s`` of metrics.csv);
+- ``score``: ``inference.score_pair`` (Dice, TRE, SDlogJ, folding, warped labels, Jacobian map) without and with
+  HD95;
+- ``write``: ``inference.write_outputs`` (four .nii.gz volumes).
+
+A warm-up on a 16-voxel grid comes first; then the peak counters are reset, one untimed registration runs at full
+size and ``--repeats`` timed rounds follow (medians reported). Peak memory: resident size (VmHWM) on CPU,
+``torch.cuda.max_memory_allocated`` on CUDA. Prints a table and writes ``benchmarks/results/inference.json``.
+Defaults: 2D 128x128, 3D 64^3 and 96^3, 3 repeats; ``--quick``: 128x128 and 64^3, 1 repeat.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import (MIB, add_common_args, format_table, machine_info, read_peak_memory,  # noqa: E402
+                               resolve_benchmark_device, start_peak_memory, timed, write_results)
+from hypermorph_spatially_adaptive import HyperVxmDense  # noqa: E402
+from hypermorph_spatially_adaptive.inference import register, score_pair, write_outputs  # noqa: E402
+
+__all__ = ["synthetic_item", "measure_size", "main"]
+
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "inference.json"
+DEFAULT_SIZES = ((128, 128), (64, 64, 64), (96, 96, 96))
+QUICK_SIZES = ((128, 128), (64, 64, 64))
+CLASSES = ("background", "soft_tissue", "lung", "bone", "liver")
+KEYPOINTS = 100
+WARMUP_EDGE = 16
+
+
+def synthetic_item(shape: Sequence[int], seed: int = 0) -> dict[str, Any]:
+    """A dataset item (see ``datasets.py``) with random images, label shells around the centre (the moving ones
+    shifted by one voxel along axis 0) and random keypoints; 1.5 mm voxels."""
+    g = torch.Generator().manual_seed(seed)
+    axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in shape]
+    radius = torch.stack(torch.meshgrid(*axes, indexing="ij")).norm(dim=0) / (min(shape) / 2)
+    labels = (len(CLASSES) - 1 - (radius * len(CLASSES)).floor()).clamp(0, len(CLASSES) - 1).long()[None]
+    fixed_points = torch.rand(KEYPOINTS, len(shape), generator=g) * (torch.tensor(shape) - 1)
+    return {"fixed": torch.rand(1, *shape, generator=g), "moving": torch.rand(1, *shape, generator=g),
+            "fixed_labels": labels, "moving_labels": labels.roll(1, dims=1),
+            "fixed_keypoints": fixed_points, "moving_keypoints": fixed_points + 0.5,
+            "spacing": torch.full((len(shape),), 1.5, dtype=torch.float64),
+            "affine": torch.diag(torch.tensor([1.5] * len(shape) + [1.0] * (4 - len(shape)), dtype=torch.float64)),
+            "pair_id": "bench"}
+
+
+def measure_size(shape: Sequence[int], repeats: int, device: torch.device) -> dict[str, Any]:
+    """Medians of the three stages and the peak memory at one size; call in a fresh process."""
+    torch.manual_seed(0)
+    model = HyperVxmDense(list(shape), 2 * len(CLASSES)).to(device).eval()
+    hyper = torch.full((1, 2 * len(CLASSES)), 0.2)
+    register(model, synthetic_item([WARMUP_EDGE] * len(shape)), hyper, device)
+    item = synthetic_item(shape)
+    start = start_peak_memory(device)
+    register(model, item, hyper, device)  # untimed: first touch of this size's memory
+    times: dict[str, list[float]] = {"register_s": [], "score_s": [], "score_hd95_s": [], "write_s": []}
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {kind: Path(folder) / f"{kind}_bench.nii.gz" for kind in ("warped", "disp", "jacdet", "warped_labels")}
+        for _ in range(repeats):
+            warped, displacement, seconds = register(model, item, hyper, device)
+            times["register_s"].append(seconds)
+            for key, hd95 in (("score_s", False), ("score_hd95_s", True)):
+                elapsed, result = timed(lambda: score_pair(item, "tissue_population", warped, displacement, seconds,
+                                                           "population", CLASSES, hd95), device)
+                times[key].append(elapsed)
+            times["write_s"].append(timed(lambda: write_outputs(paths, result, item["affine"]), device)[0])
+    peak = read_peak_memory(start)
+    return {**{key: statistics.median(values) for key, values in times.items()},
+            "register_min_s": min(times["register_s"]), "times_s": times, **peak,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _parse_size(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N (a cube) or HxW / DxHxW, got {text!r}") from None
+    shape = shape * 3 if len(shape) == 1 else shape
+    if len(shape) not in (2, 3) or min(shape) < 2:
+        raise argparse.ArgumentTypeError(f"size must have 2 or 3 axes of >= 2 voxels, got {text!r}")
+    return shape
+
+
+def _run_child(shape: tuple[int, ...], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(list(shape)), "--repeats",
+               str(args.repeats), "--device", str(device), "--threads", str(args.threads)]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    record = {"shape": list(shape), "voxels": math.prod(shape)}
+    if proc.returncode != 0:  # e.g. out of memory at the largest size: keep the other sizes
+        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        print(f"  {_shape_text(shape)} failed: {tail}", file=sys.stderr)
+        return {**record, "error": tail}
+    return {**record, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_args(parser, DEFAULT_OUT, threads=2)
+    parser.add_argument("--sizes", type=_parse_size, nargs="+", default=None,
+                        help="sizes: N for a cube, HxW or DxHxW (default 128x128 64 96; --quick 128x128 64)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per size (default 3, --quick 1)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.sizes = args.sizes or list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    return parser, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, args = _parse(argv)
+    device = resolve_benchmark_device(parser, args)
+    if args.child:
+        print(json.dumps(measure_size(tuple(json.loads(args.child)), args.repeats, device)))
+        return 0
+    started = time.perf_counter()
+    machine = machine_info(device)
+    memory_key = "cuda_peak_bytes" if device.type == "cuda" else "rss_peak_bytes"
+    print(f"device {device}; {torch.get_num_threads()} threads; torch {torch.__version__}; {args.repeats} timed "
+          f"round(s) per size; load average {machine['load_average_1min']}")
+    results = [_run_child(tuple(shape), args, device) for shape in args.sizes]
+    rows = [[_shape_text(r["shape"]), r.get("register_s"), r.get("register_min_s"), r.get("score_s"),
+             r.get("score_hd95_s"), r.get("write_s"), r[memory_key] / MIB if memory_key in r else None]
+            for r in results]
+    print(format_table(["shape", "register s", "min s", "score s", "score+HD95 s", "write s", "peak MiB"], rows))
+    report = {
+        "benchmark": "inference per pair: register (forward + integration), score, write outputs",
+        "machine": machine, "device": str(device), "threads": torch.get_num_threads(), "quick": args.quick,
+        "repeats": args.repeats, "num_classes": len(CLASSES), "keypoints": KEYPOINTS,
+        "model": {"enc_features": [16, 32, 32, 32], "dec_features": [32, 32, 32, 32, 32, 16, 16], "int_steps": 7,
+                  "hyper_layers": 6, "hyper_units": 128, "trained": False},
+        "memory_measure": "cuda max_memory_allocated" if device.type == "cuda"
+        else "peak RSS (VmHWM) per subprocess, reset after a warm-up on a 16-voxel grid",
+        "memory_key": memory_key, "results": results, "elapsed_s": time.perf_counter() - started,
+    }
+    write_results(report, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
