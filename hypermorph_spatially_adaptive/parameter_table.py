@@ -19,7 +19,7 @@ from .hyperparams import TOLERANCE
 from .runtime import atomic_write_csv
 
 __all__ = ["COLUMNS", "GLOBAL", "POPULATION", "POPULATION_REFINED", "ParameterRow", "ParameterTable",
-           "read_parameters", "write_parameters"]
+           "read_parameters", "write_parameters", "with_subject_rows"]
 
 COLUMNS = ("scope", "class_id", "class_name", "lam", "mu", "criterion", "score")
 GLOBAL, POPULATION, POPULATION_REFINED = "global", "population", "population_refined"
@@ -137,3 +137,15 @@ def write_parameters(path: str | Path, rows: Iterable[ParameterRow]) -> Path:
     """Write rows atomically to ``path`` with the contract's columns (floats at full precision)."""
     return atomic_write_csv(path, COLUMNS, ([r.scope, r.class_id, r.class_name, float(r.lam), float(r.mu), r.criterion,
                                              "" if math.isnan(r.score) else float(r.score)] for r in rows))
+
+
+def with_subject_rows(base: ParameterTable, subjects: ParameterTable) -> list[ParameterRow]:
+    """The shared scopes (global, population...) of ``base`` plus the subject-specific scopes of ``subjects``.
+
+    Use it when the population was identified on one cohort and new pairs were identified on their own.
+    """
+    if base.class_names != subjects.class_names:
+        raise ValueError(f"{subjects.source}: classes {list(subjects.class_names)} differ from those of "
+                         f"{base.source}: {list(base.class_names)}")
+    shared = [row for row in base.rows if row.scope in _SHARED_SCOPES]
+    return shared + [row for row in subjects.rows if row.scope not in _SHARED_SCOPES]

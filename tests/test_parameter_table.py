@@ -66,3 +66,16 @@ def test_a_malformed_file_is_rejected_naming_the_file(tmp_path, edit, needle):
 def test_a_missing_file_names_the_option(tmp_path):
     with pytest.raises(ValueError, match="--parameters"):
         read_parameters(tmp_path / "nope.csv")
+
+
+def test_subject_rows_of_new_pairs_join_the_population_of_another_cohort(tmp_path):
+    from hypermorph_spatially_adaptive.parameter_table import with_subject_rows
+
+    base = read_parameters(_table(tmp_path)[0])
+    other = write_parameters(tmp_path / "new.csv", _rows("population", [0.5] * 3, [0.5] * 3)
+                             + _rows("0042", [0.2, 0.3, 0.4], [0.1, 0.1, 0.1]))
+    merged = read_parameters(write_parameters(tmp_path / "merged.csv",
+                                              with_subject_rows(base, read_parameters(other))))
+    assert merged.scopes == ["global", "population", "0042"]
+    torch.testing.assert_close(merged.hyper("population"), base.hyper("population"))
+    assert merged.subject_scope("0042") == "0042" and merged.subject_scope("0003") == "population"
