@@ -10,8 +10,6 @@ pairs an interrupted run completed; the folder is removed at the end.
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import json
 import math
 import shutil
@@ -158,27 +156,11 @@ def _open(args: argparse.Namespace) -> Any:
 
 
 def _relabelled(dataset: Any, folder: Path) -> Any:
-    """A copy of ``dataset`` that reads each label map from ``folder`` (same file name) instead of its own.
-
-    Relies on the pair records of ``datasets.py`` (``_pairs`` entries with ``fixed_labels``/``moving_labels``
-    paths), so the selection labels go through exactly the dataset's preprocessing.
-    """
-    if not folder.is_dir():
-        raise ValueError(f"--selection-labels {folder}: folder not found")
-    records = []
-    for record in dataset._pairs:
-        paths = {key: getattr(record, key, None) for key in ("fixed_labels", "moving_labels")}
-        if None in paths.values():
-            raise ValueError(f"--selection-labels {folder}: pair {record.pair_id} of --dataset {dataset.name} has no "
-                             f"label files whose names the folder could match")
-        replaced = {key: folder / path.name for key, path in paths.items()}
-        missing = [str(path) for path in replaced.values() if not path.is_file()]
-        if missing:
-            raise ValueError(f"--selection-labels {folder}: missing {missing} (named like the dataset's label files)")
-        records.append(dataclasses.replace(record, **replaced))
-    relabelled = copy.copy(dataset)
-    relabelled._pairs, relabelled._cache = records, {}
-    return relabelled
+    """``dataset`` reading its label maps from ``--selection-labels`` (same file names)."""
+    try:
+        return dataset.with_label_folder(folder)
+    except ValueError as error:
+        raise ValueError(f"--selection-labels {error}") from None
 
 
 def _load_global(args: argparse.Namespace, device: torch.device, class_names: Sequence[str]) -> torch.nn.Module:

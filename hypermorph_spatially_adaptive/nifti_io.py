@@ -149,7 +149,7 @@ def read_pair(fixed: str | Path, moving: str | Path, *, fixed_labels: str | Path
                for key, value in out.items()}
     spacing = datasets.voxel_spacing(affine_f)[:ndim]
     pair_id = pair_id or f"{file_stem(fixed)}_{file_stem(moving)}"
-    return datasets._tensor_item(spacing=spacing, affine=affine_f, pair_id=pair_id, **out)
+    return datasets.make_item(spacing=spacing, affine=affine_f, pair_id=pair_id, **out)
 
 
 def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:

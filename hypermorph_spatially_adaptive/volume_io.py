@@ -1,0 +1,146 @@
+"""Reading volumes and keypoints from disk, and scaling intensities to [0, 1].
+
+NIfTI images, label maps and masks come back as C-ordered arrays with 3 axes (a 2D image ``[H, W]`` as
+``[H, W, 1]``) together with their voxel -> world affine (float64 ``[4, 4]``, mm). :func:`read_header` reads
+shape and affine without voxel data, so that datasets can check their files when they are built. Keypoints are
+header-less comma-separated files of 0-based voxel coordinates. :func:`window_ct` (CT, HU) and
+:func:`robust_minmax` (MR, percentiles) map intensities to [0, 1].
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+
+__all__ = [
+    "DEFAULT_HU_WINDOW",
+    "AFFINE_ATOL_MM",
+    "window_ct",
+    "robust_minmax",
+    "read_keypoints",
+    "keypoint_file_shape",
+    "read_header",
+    "same_affine",
+    "check_same_grid",
+    "load_image",
+    "load_labels",
+    "load_mask",
+]
+
+#: CT intensity window (HU) mapped to [0, 1]: air at 0, soft tissue near 0.5, dense bone and metal clipped at 1.
+DEFAULT_HU_WINDOW = (-1000.0, 1000.0)
+# Affines of an image and its labels/mask must agree to this many mm (NIfTI stores them as float32).
+AFFINE_ATOL_MM = 1e-3
+
+
+def window_ct(image: np.ndarray, window: Sequence[float] = DEFAULT_HU_WINDOW) -> np.ndarray:
+    """CT intensities (HU) clipped to ``window = (low, high)`` and scaled linearly to [0, 1]; float32."""
+    low, high = float(window[0]), float(window[1])
+    return ((np.clip(image, low, high) - low) / (high - low)).astype(np.float32)
+
+
+def robust_minmax(image: np.ndarray, percentiles: Sequence[float] = (1.0, 99.0)) -> np.ndarray:
+    """MR intensities scaled so the ``percentiles`` (e.g. 1st, 99th) map to 0 and 1, then clipped to [0, 1].
+
+    A flat image (equal percentiles) becomes all zeros. float32.
+    """
+    low, high = np.percentile(image, [float(percentiles[0]), float(percentiles[1])])
+    if high <= low:
+        return np.zeros(image.shape, dtype=np.float32)
+    return np.clip((image - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def read_keypoints(path: str | Path, ndim: int) -> np.ndarray:
+    """Keypoints ``[N, ndim]`` (float64, 0-based voxel coordinates) from a header-less comma-separated file.
+
+    Every row is a point (there is no header row to skip).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"keypoint file not found: {path}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an empty file is allowed and read as 0 points
+        try:
+            points = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
+        except ValueError as error:
+            raise ValueError(f"keypoint file {path}: expected comma-separated numbers without a header ({error})") \
+                from error
+    if points.size == 0:
+        return np.zeros((0, ndim))
+    if points.shape[1] != ndim:
+        raise ValueError(f"keypoint file {path}: expected {ndim} columns (one per axis), got {points.shape[1]}")
+    if not np.all(np.isfinite(points)):
+        raise ValueError(f"keypoint file {path}: contains NaN or infinite coordinates")
+    return points
+
+
+def keypoint_file_shape(path: Path) -> tuple[int, int]:
+    """(rows, columns) of a keypoint file without parsing the numbers."""
+    if not path.is_file():
+        raise FileNotFoundError(f"keypoint file not found: {path}")
+    with open(path) as handle:
+        rows = [line for line in handle if line.strip()]
+    return len(rows), (len(rows[0].split(",")) if rows else 0)
+
+
+def read_header(path: Path, what: str) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine from the NIfTI header only (no voxel data is read)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        image = nib.load(str(path))
+    except Exception as error:  # noqa: BLE001 - nibabel raises several types; report them with the file name
+        raise ValueError(f"{what} {path}: cannot read the NIfTI header ({error})") from error
+    return tuple(int(n) for n in image.shape), np.asarray(image.affine, dtype=np.float64)
+
+
+def same_affine(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two voxel -> world affines ``[4, 4]`` agree within :data:`AFFINE_ATOL_MM` mm (and 1e-5 relative)."""
+    return bool(np.allclose(a, b, rtol=1e-5, atol=AFFINE_ATOL_MM))
+
+
+def check_same_grid(path: Path, header: tuple, reference: Path, ref_header: tuple) -> None:
+    """Raise when a labels/mask header does not share its image's shape and affine."""
+    if header[0] != ref_header[0]:
+        raise ValueError(f"{path}: shape {header[0]} does not match the image {reference} with shape {ref_header[0]}")
+    if not same_affine(header[1], ref_header[1]):
+        raise ValueError(f"{path}: affine\n{np.round(header[1], 4)}\ndoes not match the affine of the image "
+                         f"{reference}\n{np.round(ref_header[1], 4)}")
+
+
+def _as3d(array: np.ndarray) -> np.ndarray:
+    """C-ordered copy of a loaded array; a 2D array ``[H, W]`` as ``[H, W, 1]`` (its 4x4 affine covers axis 3).
+
+    NIfTI data arrive in Fortran order; reordering once here, on the smallest dtype, is cheaper than later.
+    """
+    array = np.ascontiguousarray(array)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def load_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Image (float32, 3 axes, values as stored) and its affine (float64 ``[4, 4]``, voxel -> world mm)."""
+    image = nib.load(str(path))
+    return _as3d(np.asarray(image.get_fdata(dtype=np.float32))), np.asarray(image.affine, dtype=np.float64)
+
+
+def load_labels(path: Path, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Integer label map (int64, 3 axes) and affine; values must be whole numbers in ``0..num_classes-1``."""
+    image = nib.load(str(path))
+    data = np.asanyarray(image.dataobj)
+    if data.dtype.kind == "f":
+        if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
+            raise ValueError(f"label file {path}: values must be whole numbers")
+    data = _as3d(data).astype(np.int64)
+    if num_classes is not None and data.size and (data.min() < 0 or data.max() >= num_classes):
+        raise ValueError(f"label file {path}: values must lie in 0..{num_classes - 1} ({num_classes} classes), "
+                         f"found {sorted(np.unique(data).tolist())[:12]}")
+    return data, np.asarray(image.affine, dtype=np.float64)
+
+
+def load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 mask (uint8, 3 axes; every nonzero voxel is 1) and its affine (float64 ``[4, 4]``)."""
+    image = nib.load(str(path))
+    return _as3d(np.asanyarray(image.dataobj)).astype(bool).astype(np.uint8), np.asarray(image.affine, np.float64)
