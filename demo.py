@@ -2,7 +2,7 @@
 """The whole pipeline on the synthetic phantom, where tissue-specific elasticity is true by construction.
 
     python demo.py                   # 2D phantom 64x64, about 5 minutes on 2 CPU cores; all under runs/demo/
-    python demo.py --full            # 3D phantom 64^3, longer training: meant for a GPU
+    python demo.py --full            # 3D phantom 64^3 (50 subjects, ~20 min to generate on CPU), GPU training
     python demo.py --steps 50 ...    # any stage setting can be overridden (see --help)
 
 Stages: phantom data -> global model -> spatially adaptive model -> parameter identification (population on the
@@ -32,7 +32,7 @@ PRESETS = {
     "quick": dict(ndim=2, size=64, subjects=56, val=8, test=8, steps=2000, spatial_steps=1000, batch_size=4,
                   lr=1e-3, enc_features=[16, 32, 32], dec_features=[32, 32, 32, 16], hyper_layers=4,
                   hyper_units=64, grid_step=0.1),
-    "full": dict(ndim=3, size=64, subjects=120, val=10, test=10, steps=20000, spatial_steps=10000, batch_size=1,
+    "full": dict(ndim=3, size=64, subjects=50, val=10, test=10, steps=20000, spatial_steps=10000, batch_size=1,
                  lr=1e-4, enc_features=[16, 32, 32, 32], dec_features=[32, 32, 32, 32, 32, 16, 16],
                  hyper_layers=6, hyper_units=128, grid_step=0.1),
 }
