@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_model.py [--device cpu] [--repeats 3] [--size-2d 192 192] [--size-3d 96 64 96]
-                                     [--cases 2d_b1 2d_b4 3d_b1] [--alternatives]
+                                     [--cases 2d_b1 2d_b4 3d_b1] [--alternatives] [--quick] [--threads N]
 
 One step = forward, loss (NCC weighted by ``1 - lam - mu`` per sample + ``regularizers.elastic_energy`` of the
 velocity with per-sample lam, mu), backward, Adam step. Cases: ``2d_b1`` (2D, batch 1), ``2d_b4`` (2D, batch 4,
@@ -15,16 +15,14 @@ the median of the per-round ratios hyper/plain ("paired").
 Adam is the fused implementation by default (``--adam foreach`` for torch's default one): the hyper model has
 ~14M (2D) / ~42M (3D) parameters, mostly the kernel heads, and foreach Adam's temporaries dominate its step on
 CPU. ``--alternatives`` also times the batched cases with the hyper-convolutions run as a Python loop over
-samples instead of one grouped convolution. Prints a table and writes JSON to ``benchmarks/results/model.json``.
+samples instead of one grouped convolution. ``--quick``: one timed step per variant unless ``--repeats`` is given.
+Prints a table and writes JSON to ``benchmarks/results/model.json``.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -35,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import (add_common_args, format_table, machine_info, resolve_benchmark_device,  # noqa: E402
+                               timed, write_results)
 from hypermorph_spatially_adaptive import HyperVxmDense, VxmDense, ncc_loss, sample_hyperparams  # noqa: E402
 from hypermorph_spatially_adaptive import hypernetwork  # noqa: E402
 
@@ -96,13 +96,8 @@ def _make_step(model, optimizer, moving, fixed, hyper, loop: bool = False):
 
 
 def _time(step, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) * 1000.0
+    """Milliseconds of one step."""
+    return timed(step, device)[0] * 1000.0
 
 
 def _adam(model: torch.nn.Module, impl: str) -> torch.optim.Adam:
@@ -150,11 +145,11 @@ def run_case(case: str, shape: tuple[int, ...], batch: int, shared: bool, device
     return result
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="torch device")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant")
+    add_common_args(parser, DEFAULT_OUT)
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per variant (default 3, --quick 1)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
     parser.add_argument("--size-2d", type=int, nargs=2, default=[192, 192], metavar=("H", "W"))
     parser.add_argument("--size-3d", type=int, nargs=3, default=[96, 64, 96], metavar=("D", "H", "W"))
@@ -163,43 +158,44 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="also time the per-sample loop instead of the grouped conv for batch > 1")
     parser.add_argument("--adam", choices=("fused", "foreach"), default="fused",
                         help="Adam implementation (fused: one kernel per step, no temporaries)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output file")
     args = parser.parse_args(argv)
+    args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
-    return args
+    return parser, args
+
+
+def _row(r: dict) -> list:
+    ms, lo = r["ms_per_step"], r["min_ms_per_step"]
+    return [r["case"], "x".join(map(str, r["shape"])), r["batch"], f"{ms['hyper']:.1f} ({lo['hyper']:.0f})",
+            f"{ms['plain']:.1f} ({lo['plain']:.0f})",
+            f"{r['ratio_hyper_over_plain']:.2f} ({r['ratio_of_minima']:.2f})", f"{r['median_paired_ratio']:.2f}",
+            f"{ms['hyper_loop']:.1f}" if "hyper_loop" in ms else "-"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    parser, args = _parse(argv)
+    device = resolve_benchmark_device(parser, args)
+    machine = machine_info(device)
     results = []
     print(f"elastic loss: {ELASTIC}; device {device}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
           f"adam {args.adam}; median (min) of {args.repeats} steps")
-    print(f"{'case':<14}{'shape':<12}{'B':>3}{'hyper ms':>17}{'plain ms':>17}{'ratio':>13}{'paired':>8}"
-          f"{'loop ms':>10}")
     for case in args.cases:
         shape, batch, shared = _case_shape(case, args.size_2d, args.size_3d)
         r = run_case(case, shape, batch, shared, device, args.repeats, args.warmup, args.alternatives, args.adam)
         results.append(r)
-        ms = r["ms_per_step"]
-        loop = f"{ms['hyper_loop']:10.1f}" if "hyper_loop" in ms else f"{'-':>10}"
-        lo = r["min_ms_per_step"]
-        print(f"{case:<14}{'x'.join(map(str, shape)):<12}{batch:>3}{ms['hyper']:9.1f} ({lo['hyper']:5.0f})"
-              f"{ms['plain']:9.1f} ({lo['plain']:5.0f}){r['ratio_hyper_over_plain']:6.2f} ({r['ratio_of_minima']:4.2f})"
-              f"{r['median_paired_ratio']:8.2f}{loop}", flush=True)
+        print(f"{case}: hyper {r['ms_per_step']['hyper']:.1f} ms, plain {r['ms_per_step']['plain']:.1f} ms",
+              flush=True)
+    print(format_table(["case", "shape", "B", "hyper ms (min)", "plain ms (min)", "ratio (of minima)", "paired",
+                        "loop ms"], [_row(r) for r in results]))
     report = {
         "benchmark": "training step (forward, NCC + elastic, backward, Adam) HyperVxmDense vs plain U-Net",
+        "machine": machine, "quick": args.quick,
         "elastic_loss": ELASTIC, "device": str(device), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "platform": platform.platform(), "processor": platform.processor(),
+        "threads": torch.get_num_threads(), "platform": machine["platform"], "processor": machine["cpu_model"],
         "repeats": args.repeats, "warmup": args.warmup, "adam": args.adam, "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_results(report, args.out)
     return 0
 
 

@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_regularizers.py [--shape 224 192 224] [--repeats 5] [--device cpu|cuda] [--threads N]
+                                            [--quick]
 
 Four variants: the fast implementation and the reference (each derivative computed separately with zero padding,
 Python loop over all (i, j) pairs), each with scalar Lame parameters and with voxelwise maps ``[B, 1, *S]``.
@@ -16,7 +17,8 @@ Peak memory: on CPU each variant runs two passes in a fresh subprocess, after a 
 resident size is reset through /proc/self/clear_refs once the inputs exist and read as VmHWM: the counter behind
 ``ru_maxrss``, which is reported too but also holds the parent's resident size inherited at exec. Reported with
 its rise over the resident size at the reset. On CUDA: ``torch.cuda.max_memory_allocated`` above the inputs.
-Prints a table and writes JSON to ``benchmarks/results/regularizers.json``.
+Prints a table and writes JSON to ``benchmarks/results/regularizers.json``. ``--quick``: shape 96x96x96 and 2
+rounds unless given.
 
 The reference functions are importable (the tests compare the fast implementation against them).
 """
@@ -24,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -41,12 +41,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import (MIB, add_common_args, format_table, machine_info, read_peak_memory,  # noqa: E402
+                               resolve_benchmark_device, start_peak_memory, sync, write_results)
 from regularizers import elastic_energy  # noqa: E402
 
 __all__ = ["reference_elastic_energy", "reference_diffusion_energy", "main"]
 
 VARIANTS = [("fast", "scalar"), ("fast", "voxelwise"), ("reference", "scalar"), ("reference", "voxelwise")]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "regularizers.json"
+DEFAULT_SHAPE, QUICK_SHAPE = [224, 192, 224], [96, 96, 96]
 
 
 # --- straightforward formulation (also the test oracle) -------------------------------------------------------
@@ -93,38 +96,6 @@ def reference_diffusion_energy(velocity: torch.Tensor, weight, spacing: Sequence
 
 # --- measurement ----------------------------------------------------------------------------------------------
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the process's peak RSS (Linux >= 4.0), so ru_maxrss excludes the import of torch; False if refused."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes() -> int | None:
-    """VmHWM of /proc/self/status (peak resident size since the last reset), or None where unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _inputs(shape: Sequence[int], batch: int, device: str) -> tuple[torch.Tensor, dict]:
     """A random velocity ``[B, ndim, *S]`` and both parameter forms (floats, voxelwise maps ``[B, 1, *S]``)."""
     torch.manual_seed(0)
@@ -138,12 +109,12 @@ def _step(impl: str, velocity: torch.Tensor, lam, mu, device: str) -> dict:
     """One forward+backward pass: wall seconds, this process's user/system CPU seconds and minor page faults
     (fresh memory from the OS, which dominates on some virtual machines), and the energy."""
     energy = elastic_energy if impl == "fast" else reference_elastic_energy
-    _sync(device)
+    sync(device)
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     loss = energy(velocity, lam, mu).mean()
     loss.backward()
-    _sync(device)
+    sync(device)
     elapsed = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
     velocity.grad = None
@@ -189,27 +160,16 @@ def peak_memory(impl: str, kind: str, shape: Sequence[int], batch: int, device: 
     lam, mu = params[kind]
     if kind == "scalar":
         del params  # the maps are not inputs of the scalar variant
-    _sync(device)
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        peak_reset = _reset_peak_rss()
-        base = _current_rss_bytes()
+    start = start_peak_memory(device)
     for _ in range(2):
         _step(impl, velocity, lam, mu, device)
+    peak = read_peak_memory(start)
     if device == "cuda":
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-        # ru_maxrss is also raised to the parent's resident size at exec; VmHWM is this process's own peak.
-        hwm = _peak_rss_bytes()
-        peak = hwm if hwm is not None and peak_reset else maxrss
-        if not peak_reset:
-            print("warning: could not reset the peak RSS; it includes the import of torch", file=sys.stderr)
-        return {"peak_bytes": peak, "peak_over_inputs_bytes": peak - base, "ru_maxrss_bytes": maxrss}
-    return {"peak_bytes": peak, "peak_over_inputs_bytes": peak - base}
+        return {"peak_bytes": peak["cuda_peak_bytes"], "peak_over_inputs_bytes": peak["cuda_peak_over_start_bytes"]}
+    if not peak["rss_peak_was_reset"]:
+        print("warning: could not reset the peak RSS; it includes the import of torch", file=sys.stderr)
+    return {"peak_bytes": peak["rss_peak_bytes"], "peak_over_inputs_bytes": peak["rss_peak_over_start_bytes"],
+            "ru_maxrss_bytes": peak["ru_maxrss_bytes"]}
 
 
 def _child_peak_memory(args: argparse.Namespace, impl: str, kind: str) -> dict:
@@ -229,24 +189,23 @@ def _ratio(a: float, b: float) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--shape", type=int, nargs="+", default=[224, 192, 224], help="spatial shape (2 or 3 ints)")
+    parser.add_argument("--shape", type=int, nargs="+", default=None,
+                        help=f"spatial shape (2 or 3 ints; default {DEFAULT_SHAPE}, with --quick {QUICK_SHAPE})")
     parser.add_argument("--batch", type=int, default=1, help="batch size")
-    parser.add_argument("--repeats", type=int, default=5, help="timed forward+backward passes per variant")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output file")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed forward+backward passes per variant (default 5, with --quick 2)")
+    add_common_args(parser, DEFAULT_OUT)
     parser.add_argument("--child", nargs=2, metavar=("IMPL", "PARAMS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.shape = args.shape or (QUICK_SHAPE if args.quick else DEFAULT_SHAPE)
+    args.repeats = args.repeats or (2 if args.quick else 5)
     if len(args.shape) not in (2, 3):
         parser.error(f"--shape needs 2 or 3 values, got {args.shape}")
+    args.device = resolve_benchmark_device(parser, args).type  # the variants take "cpu" or "cuda"
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(peak_memory(*args.child, args.shape, args.batch, args.device)))
         return 0
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda requested but CUDA is not available")
 
     memory = {}
     for impl, kind in VARIANTS:  # before the timing, while this process is still small
@@ -279,30 +238,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"elastic_energy forward+backward, shape {tuple(args.shape)}, batch {args.batch}, device {args.device}, "
           f"{torch.get_num_threads()} threads, {args.repeats} interleaved rounds")
-    print(f"{'variant':<22}{'median s':>10}{'min s':>10}{'user s':>9}{'sys s':>9}{'faults':>10}{'peak MiB':>10}"
-          f"{'over inputs MiB':>17}")
-    for name, r in results.items():
-        print(f"{name:<22}{r['median_s']:>10.4f}{r['min_s']:>10.4f}{r['median_user_s']:>9.3f}"
-              f"{r['median_sys_s']:>9.3f}{r['median_minor_faults']:>10.0f}{r['peak_bytes'] / 2**20:>10.1f}"
-              f"{r['peak_over_inputs_bytes'] / 2**20:>17.1f}")
-    for name, value in ratios.items():
-        print(f"{name:<40}{value:.4g}")
-    for name, met in targets.items():
-        print(f"{name:<40}{'met' if met else 'NOT met'}")
+    print(format_table(["variant", "median s", "min s", "user s", "sys s", "faults", "peak MiB", "over inputs MiB"],
+                       [[name, r["median_s"], r["min_s"], r["median_user_s"], r["median_sys_s"],
+                         int(r["median_minor_faults"]), r["peak_bytes"] / MIB, r["peak_over_inputs_bytes"] / MIB]
+                        for name, r in results.items()], digits=(4, 4, 4, 3, 3, 0, 1, 1)))
+    print(format_table(["ratio", "value"], [[name, f"{value:.4g}"] for name, value in ratios.items()]))
+    print(format_table(["target", ""], [[name, "met" if met else "NOT met"] for name, met in targets.items()]))
 
+    machine = machine_info(args.device)
     report = {
-        "benchmark": "elastic_energy forward+backward", "shape": list(args.shape), "batch": args.batch,
-        "repeats": args.repeats, "device": args.device,
-        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "benchmark": "elastic_energy forward+backward", "machine": machine, "quick": args.quick,
+        "shape": list(args.shape), "batch": args.batch, "repeats": args.repeats, "device": args.device,
+        "device_name": machine["device_name"], "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu_count": machine["cpu_count"],
         "memory_measure": "cuda max_memory_allocated" if args.device == "cuda"
         else "peak RSS (VmHWM, reset after the inputs; ru_maxrss kept for reference) per subprocess",
         "timing": "forward+backward, variants interleaved round-robin in one process after one warm-up pass each",
         "results": results, "ratios": ratios, "targets_met": targets,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_results(report, args.out)
     return 0
 
 

@@ -1,0 +1,215 @@
+"""Helpers shared by the benchmark scripts: timing, peak memory, the machine description, JSON and tables.
+
+Import from a script after putting the repository root on ``sys.path``: ``from benchmarks.common import ...``.
+Every results file carries :func:`machine_info` under the key ``machine`` so that ``run_all.py`` can state where
+the numbers were measured.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from hypermorph_spatially_adaptive.runtime import atomic_write_json, resolve_device
+
+__all__ = ["add_common_args", "resolve_benchmark_device", "sync", "timed", "current_rss_bytes", "reset_peak_rss",
+           "peak_rss_bytes", "start_peak_memory", "read_peak_memory", "cpu_model", "machine_info", "write_results",
+           "format_table", "markdown_table", "MIB"]
+
+MIB = 2 ** 20
+
+
+# --- command line ---------------------------------------------------------------------------------------------
+
+def add_common_args(parser: argparse.ArgumentParser, out: Path, threads: int = 0, device: str = "cpu") -> None:
+    """The flags every benchmark takes (``run_all.py`` passes the first three): ``--quick``, ``--threads``,
+    ``--device``, and ``--out`` (the JSON results file)."""
+    parser.add_argument("--quick", action="store_true", help="smaller problem and fewer repeats (a smoke run)")
+    parser.add_argument("--threads", type=int, default=threads, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--device", default=device, help="auto, cpu or cuda[:N]")
+    parser.add_argument("--out", type=Path, default=out, help="JSON results file")
+
+
+def resolve_benchmark_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
+    """Apply ``--threads`` and resolve ``--device`` (a parser error for an unknown or unavailable device)."""
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return resolve_device(args.device)
+    except (ValueError, RuntimeError) as error:
+        parser.error(str(error))
+
+
+# --- time -----------------------------------------------------------------------------------------------------
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued CUDA work, so that wall time covers it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device | str) -> tuple[float, Any]:
+    """``(wall seconds, fn())``, with CUDA synchronised before and after."""
+    sync(device)
+    start = time.perf_counter()
+    value = fn()
+    sync(device)
+    return time.perf_counter() - start, value
+
+
+# --- memory ---------------------------------------------------------------------------------------------------
+
+def current_rss_bytes() -> int:
+    """Resident size of this process now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident size to its current one (Linux >= 4.0); False where refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int | None:
+    """VmHWM of /proc/self/status (peak resident size since the last reset), or None where unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def start_peak_memory(device: torch.device | str) -> dict[str, Any]:
+    """Reset the peak counters (RSS; CUDA allocations on a CUDA device) and note the current levels.
+
+    The peak RSS is a property of the whole process: measure one case per fresh process, after a warm-up that
+    pages in library code and starts the threads."""
+    device = torch.device(device)
+    sync(device)
+    start: dict[str, Any] = {"device": str(device)}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        start["cuda_bytes"] = torch.cuda.memory_allocated(device)
+    start["rss_reset"] = reset_peak_rss()
+    start["rss_bytes"] = current_rss_bytes()
+    return start
+
+
+def read_peak_memory(start: dict[str, Any]) -> dict[str, Any]:
+    """Peaks since :func:`start_peak_memory`, in bytes, with their rise over the levels at the start.
+
+    ``rss_peak_bytes`` is VmHWM; without a reset (old kernels) it falls back to ``ru_maxrss``, which also holds the
+    resident size inherited from the parent at exec. ``cuda_peak_bytes`` is ``torch.cuda.max_memory_allocated``."""
+    sync(start["device"])
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    hwm = peak_rss_bytes()
+    peak = hwm if hwm is not None and start["rss_reset"] else maxrss
+    result = {"rss_peak_bytes": peak, "rss_peak_over_start_bytes": peak - start["rss_bytes"],
+              "ru_maxrss_bytes": maxrss, "rss_peak_was_reset": start["rss_reset"]}
+    if torch.device(start["device"]).type == "cuda":
+        cuda_peak = torch.cuda.max_memory_allocated(start["device"])
+        result.update(cuda_peak_bytes=cuda_peak, cuda_peak_over_start_bytes=cuda_peak - start["cuda_bytes"])
+    return result
+
+
+# --- machine --------------------------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_total_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def machine_info(device: torch.device | str) -> dict[str, Any]:
+    """Where and when the numbers come from: CPU model, cores, torch threads, memory, torch version, device, the
+    load average when the benchmark started (other processes on a shared machine slow it down) and the UTC date."""
+    device = torch.device(device)
+    info = {
+        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "memory_total_bytes": _memory_total_bytes(),
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "device": str(device), "device_name": cpu_model(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if device.type == "cuda":
+        info.update(device_name=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
+    return info
+
+
+# --- output ---------------------------------------------------------------------------------------------------
+
+def write_results(report: dict[str, Any], path: Path) -> None:
+    """Write a results dict as indented JSON, atomically, and say where."""
+    atomic_write_json(report, path)
+    print(f"wrote {path}")
+
+
+def _cell(value: Any, digits: int) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if value == value else "nan"
+    return "-" if value is None else str(value)
+
+
+def _cells(row: Sequence[Any], digits: int | Sequence[int]) -> list[str]:
+    per_column = [digits] * len(row) if isinstance(digits, int) else list(digits)
+    return [_cell(v, d) for v, d in zip(row, per_column)]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int | Sequence[int] = 3) -> str:
+    """A plain-text table for the console: first column left-aligned, the others right-aligned. ``digits``:
+    decimals of float cells, one for all columns or one per column."""
+    cells = [list(headers)] + [_cells(row, digits) for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int | Sequence[int] = 3) -> str:
+    """A GitHub-flavoured markdown table; numeric columns right-aligned; ``digits`` as in :func:`format_table`."""
+    body = [_cells(row, digits) for row in rows]
+    numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows)
+               and any(isinstance(row[i], (int, float)) for row in rows) for i in range(len(headers))]
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
