@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The whole pipeline on the synthetic phantom, where tissue-specific elasticity is true by construction.
 
-    python demo.py                   # 2D phantom 64x64, about 5 minutes on 2 CPU cores; all under runs/demo/
+    python demo.py                   # 2D phantom 64x64, about 2.5 minutes on 2 CPU cores; all under runs/demo/
     python demo.py --full            # 3D phantom 64^3 (50 subjects, ~20 min to generate on CPU), GPU training
     python demo.py --steps 50 ...    # any stage setting can be overridden (see --help)
 
