@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import (MIB, add_common_args, format_table, machine_info, read_peak_memory,  # noqa: E402
-                               resolve_benchmark_device, start_peak_memory, timed, write_results)
+from benchmarks.common import (MIB, format_table, machine_info, parse_sized_args,  # noqa: E402
+                               read_peak_memory, resolve_benchmark_device, shape_text, start_peak_memory, timed,
+                               write_results)
 from hypermorph_spatially_adaptive import HyperVxmDense  # noqa: E402
 from hypermorph_spatially_adaptive.inference import register, score_pair, write_outputs  # noqa: E402
 
@@ -94,19 +95,6 @@ def measure_size(shape: Sequence[int], repeats: int, device: torch.device) -> di
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def _shape_text(shape: Sequence[int]) -> str:
-    return "x".join(map(str, shape))
-
-
-def _parse_size(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N (a cube) or HxW / DxHxW, got {text!r}") from None
-    shape = shape * 3 if len(shape) == 1 else shape
-    if len(shape) not in (2, 3) or min(shape) < 2:
-        raise argparse.ArgumentTypeError(f"size must have 2 or 3 axes of >= 2 voxels, got {text!r}")
-    return shape
 
 
 def _run_child(shape: tuple[int, ...], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -116,29 +104,13 @@ def _run_child(shape: tuple[int, ...], args: argparse.Namespace, device: torch.d
     record = {"shape": list(shape), "voxels": math.prod(shape)}
     if proc.returncode != 0:  # e.g. out of memory at the largest size: keep the other sizes
         tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        print(f"  {_shape_text(shape)} failed: {tail}", file=sys.stderr)
+        print(f"  {shape_text(shape)} failed: {tail}", file=sys.stderr)
         return {**record, "error": tail}
     return {**record, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
-def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser, DEFAULT_OUT, threads=2)
-    parser.add_argument("--sizes", type=_parse_size, nargs="+", default=None,
-                        help="sizes: N for a cube, HxW or DxHxW (default 128x128 64 96; --quick 128x128 64)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per size (default 3, --quick 1)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    args.sizes = args.sizes or list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    return parser, args
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, args = _parse(argv)
+    parser, args = parse_sized_args(__doc__.split("\n\n")[0], DEFAULT_OUT, DEFAULT_SIZES, QUICK_SIZES, argv)
     device = resolve_benchmark_device(parser, args)
     if args.child:
         print(json.dumps(measure_size(tuple(json.loads(args.child)), args.repeats, device)))
@@ -149,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"device {device}; {torch.get_num_threads()} threads; torch {torch.__version__}; {args.repeats} timed "
           f"round(s) per size; load average {machine['load_average_1min']}")
     results = [_run_child(tuple(shape), args, device) for shape in args.sizes]
-    rows = [[_shape_text(r["shape"]), r.get("register_s"), r.get("register_min_s"), r.get("score_s"),
+    rows = [[shape_text(r["shape"]), r.get("register_s"), r.get("register_min_s"), r.get("score_s"),
              r.get("score_hd95_s"), r.get("write_s"), r[memory_key] / MIB if memory_key in r else None]
             for r in results]
     print(format_table(["shape", "register s", "min s", "score s", "score+HD95 s", "write s", "peak MiB"], rows))

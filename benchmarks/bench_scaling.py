@@ -40,8 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import (MIB, add_common_args, format_table, machine_info, read_peak_memory,  # noqa: E402
-                               resolve_benchmark_device, start_peak_memory, timed, write_results)
+from benchmarks.common import (MIB, format_table, machine_info, parse_size, parse_sized_args,  # noqa: E402
+                               read_peak_memory, resolve_benchmark_device, shape_text, start_peak_memory, timed,
+                               write_results)
 from hypermorph_spatially_adaptive import HyperVxmDense, VxmDense, sample_hyperparams  # noqa: E402
 from hypermorph_spatially_adaptive.objective import registration_loss  # noqa: E402
 
@@ -78,18 +79,6 @@ def fit_linear(x: Sequence[float], y: Sequence[float]) -> LinearFit:
     intercept = mean_y - slope * mean_x
     return LinearFit(slope, intercept, tuple(b - (slope * a + intercept) for a, b in zip(x, y)))
 
-
-def parse_size(text: str) -> tuple[int, ...]:
-    """``"96"`` -> a 96^3 cube; ``"96x64x96"`` or ``"128x128"`` -> that shape."""
-    try:
-        shape = tuple(int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N or DxHxW (ints), got {text!r}") from None
-    if len(shape) == 1:
-        shape = shape * 3
-    if len(shape) not in (2, 3) or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"size must have 2 or 3 positive axes, got {text!r}")
-    return shape
 
 
 # --- one case (runs in a child process) -----------------------------------------------------------------------
@@ -173,13 +162,10 @@ def _run_child(case: Case, args: argparse.Namespace, device: torch.device) -> di
               "classes": case.classes}
     if proc.returncode != 0:  # e.g. out of memory at the largest size: keep the other points
         tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        print(f"  {case.model} {case.phase} {_shape_text(case.shape)} failed: {tail}", file=sys.stderr)
+        print(f"  {case.model} {case.phase} {shape_text(case.shape)} failed: {tail}", file=sys.stderr)
         return {**record, "error": tail}
     return {**record, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
-
-def _shape_text(shape: Sequence[int]) -> str:
-    return "x".join(map(str, shape))
 
 
 def fits(records: Sequence[dict[str, Any]], memory_key: str, target_voxels: int) -> dict[str, Any]:
@@ -208,13 +194,13 @@ def _print_tables(records, fitted, issue5, memory_key: str) -> None:
     rows = []
     for r in records:
         if "error" in r:
-            rows.append([_shape_text(r["shape"]), r["model"], r["phase"], "failed", None, None, None, None])
+            rows.append([shape_text(r["shape"]), r["model"], r["phase"], "failed", None, None, None, None])
             continue
-        rows.append([_shape_text(r["shape"]), r["model"], r["phase"], r["median_s"], r["min_s"], r["median_cpu_s"],
+        rows.append([shape_text(r["shape"]), r["model"], r["phase"], r["median_s"], r["min_s"], r["median_cpu_s"],
                      r[memory_key] / MIB, r[memory_key.replace("_peak_bytes", "_peak_over_start_bytes")] / MIB])
     print(format_table(["shape", "model", "phase", "median s", "min s", "cpu s", "peak MiB", "over start MiB"], rows,
                        digits=(0, 0, 0, 3, 3, 3, 0, 0)))
-    print(f"\nfit a * voxels + b, extrapolated to {_shape_text(NLST_SHAPE)}:")
+    print(f"\nfit a * voxels + b, extrapolated to {shape_text(NLST_SHAPE)}:")
     rows = []
     for name, entry in fitted.items():
         t, m = entry["time_s"], entry["memory_bytes"]
@@ -225,28 +211,12 @@ def _print_tables(records, fitted, issue5, memory_key: str) -> None:
                         "max rel res", "NLST MiB"], rows, digits=(0, 3, 3, 3, 1, 0, 0, 3, 0)))
     print("\ntraining step (issue 5):")
     print(format_table(["shape", "model", "median s", "min s", "cpu s"],
-                       [[_shape_text(r["shape"]), r["model_type"], r.get("median_s"), r.get("min_s"),
+                       [[shape_text(r["shape"]), r["model_type"], r.get("median_s"), r.get("min_s"),
                          r.get("median_cpu_s")] for r in issue5]))
 
 
-def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser, DEFAULT_OUT, threads=2)
-    parser.add_argument("--sizes", type=parse_size, nargs="+", default=None,
-                        help="3D sizes (N for a cube, or DxHxW); default 64 96 128, with --quick 64 96")
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps per case (default 3, --quick 1)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    args.sizes = args.sizes or list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    return parser, args
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, args = _parse(argv)
+    parser, args = parse_sized_args(__doc__.split("\n\n")[0], DEFAULT_OUT, DEFAULT_SIZES, QUICK_SIZES, argv)
     device = resolve_benchmark_device(parser, args)
     if args.child:
         spec = json.loads(args.child)

@@ -19,7 +19,7 @@ import torch
 
 from hypermorph_spatially_adaptive.runtime import atomic_write_json, resolve_device
 
-__all__ = ["add_common_args", "resolve_benchmark_device", "sync", "timed", "current_rss_bytes", "reset_peak_rss",
+__all__ = ["add_common_args", "parse_size", "shape_text", "parse_sized_args", "resolve_benchmark_device", "sync", "timed", "current_rss_bytes", "reset_peak_rss",
            "peak_rss_bytes", "start_peak_memory", "read_peak_memory", "cpu_model", "machine_info", "write_results",
            "format_table", "markdown_table", "MIB"]
 
@@ -35,6 +35,44 @@ def add_common_args(parser: argparse.ArgumentParser, out: Path, threads: int = 0
     parser.add_argument("--threads", type=int, default=threads, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default=device, help="auto, cpu or cuda[:N]")
     parser.add_argument("--out", type=Path, default=out, help="JSON results file")
+
+
+def parse_size(text: str) -> tuple[int, ...]:
+    """``"96"`` -> a 96^3 cube; ``"96x64x96"`` or ``"128x128"`` -> that shape (for ``--sizes``)."""
+    try:
+        shape = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N (a cube), HxW or DxHxW (ints), got {text!r}") from None
+    shape = shape * 3 if len(shape) == 1 else shape
+    if len(shape) not in (2, 3) or min(shape) < 2:
+        raise argparse.ArgumentTypeError(f"size must have 2 or 3 axes of >= 2 voxels, got {text!r}")
+    return shape
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """``(96, 64, 96)`` -> ``"96x64x96"``."""
+    return "x".join(map(str, shape))
+
+
+def parse_sized_args(description: str, out: Path, default_sizes: Sequence[tuple[int, ...]],
+                     quick_sizes: Sequence[tuple[int, ...]], argv: Sequence[str] | None
+                     ) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """Flags of a benchmark over image sizes that measures each size in a child process: the common flags plus
+    ``--sizes``, ``--repeats`` (default 3, 1 with ``--quick``) and the hidden ``--child``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_args(parser, out, threads=2)
+    sizes = " ".join(map(shape_text, default_sizes))
+    parser.add_argument("--sizes", type=parse_size, nargs="+", default=None,
+                        help=f"sizes: N for a cube, HxW or DxHxW (default {sizes}; --quick "
+                             f"{' '.join(map(shape_text, quick_sizes))})")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per case (default 3, --quick 1)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.sizes = args.sizes or list(quick_sizes if args.quick else default_sizes)
+    args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    return parser, args
 
 
 def resolve_benchmark_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:

@@ -5,9 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
-from .networks import HyperVxmDense
+from .networks import HyperVxmDense, read_checkpoint
 
 __all__ = ["ModelInfo", "load_trained_model"]
 
@@ -50,8 +49,11 @@ def load_trained_model(path: str | Path, expect: str | None = None, map_location
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{argument} {path}: checkpoint not found")
-    model = HyperVxmDense.load(path, map_location=map_location)
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = read_checkpoint(path, map_location=map_location)
+        model = HyperVxmDense.from_checkpoint(state, source=str(path), map_location=map_location)
+    except ValueError as error:
+        raise ValueError(f"{argument} {error}") from None
     info = _describe(path, state, model)
     if expect is not None and info.model_type != expect:
         raise ValueError(f"{argument} {path}: expected a {expect} model checkpoint, got a {info.model_type} one "

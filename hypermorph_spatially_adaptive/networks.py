@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from functools import partial
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -20,10 +19,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .hypernetwork import HyperConv, HyperNetwork, conv_nd, kaiming_std, LEAKY_SLOPE
+from .runtime import atomic_torch_save
 from .tensors import check_image
 from .transform import integrate_velocity, warp
 
-__all__ = ["RegistrationOutput", "PlainConv", "UNet", "VxmDense", "HyperVxmDense", "spatial_from_global", "FORMAT"]
+__all__ = ["RegistrationOutput", "PlainConv", "UNet", "VxmDense", "HyperVxmDense", "spatial_from_global",
+           "read_checkpoint", "FORMAT"]
 
 #: Value of the ``format`` key written by :meth:`save`.
 FORMAT = "hypermorph-v1"
@@ -191,55 +192,56 @@ class _Registration(nn.Module):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``{"model_config", "model_state", "format"}`` to ``path`` atomically (temp file + os.replace)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        payload = {"model_config": self.config, "model_state": self.state_dict(), "format": FORMAT}
-        handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as f:
-                torch.save(payload, f)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the usual permissions of a written file
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_torch_save({"model_config": self.config, "model_state": self.state_dict(), "format": FORMAT}, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location="cpu"):
         """Rebuild a model from a :meth:`save` file or a training checkpoint (a dict holding at least
         ``model_config`` and ``model_state``). The model is moved to ``map_location`` when that names a device.
 
-        Loads with ``weights_only=True``, allowing the numpy arrays of a checkpoint's RNG state and paths; a
-        file that needs arbitrary unpickling is refused (ValueError).
+        Loads with ``weights_only=True`` (see :func:`read_checkpoint`); bad files raise ValueError.
         """
-        path = os.fspath(path)
-        try:
-            with torch.serialization.safe_globals(_checkpoint_safe_globals()):
-                payload = torch.load(path, map_location=map_location, weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as error:  # the unpickler raises several types for foreign or corrupt files
-            raise ValueError(f"{path}: not a readable model file or checkpoint ({type(error).__name__}: "
-                             f"{str(error).splitlines()[0] if str(error) else ''})") from error
-        if not isinstance(payload, dict):
-            raise ValueError(f"{path}: expected a dict with 'model_config' and 'model_state', "
-                             f"got {type(payload).__name__}")
-        for key in ("model_config", "model_state"):
-            if key not in payload:
-                raise ValueError(f"{path}: missing key {key!r} (found keys {sorted(map(str, payload))})")
+        return cls.from_checkpoint(read_checkpoint(path, map_location), source=os.fspath(path),
+                                   map_location=map_location)
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict[str, Any], source: str = "checkpoint", map_location="cpu"):
+        """Rebuild a model from a checkpoint dict already read by :func:`read_checkpoint`."""
         try:
             model = cls(**payload["model_config"])
         except TypeError as error:
-            raise ValueError(f"{path}: 'model_config' does not fit {cls.__name__}: {error}") from error
+            raise ValueError(f"{source}: 'model_config' does not fit {cls.__name__}: {error}") from error
         try:
             model.load_state_dict(payload["model_state"])
         except RuntimeError as error:
-            raise ValueError(f"{path}: 'model_state' does not match 'model_config': {error}") from error
+            raise ValueError(f"{source}: 'model_state' does not match 'model_config': {error}") from error
         if isinstance(map_location, (str, torch.device)):
             model.to(map_location)
         return model
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:
+    """Read a :meth:`save` file or training checkpoint with ``weights_only=True`` (the numpy arrays of RNG states
+    and paths allowed; anything needing arbitrary unpickling is refused) and check its two model keys.
+
+    Raises FileNotFoundError for a missing file, ValueError for an unreadable or incomplete one.
+    """
+    path = os.fspath(path)
+    try:
+        with torch.serialization.safe_globals(_checkpoint_safe_globals()):
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # the unpickler raises several types for foreign or corrupt files
+        raise ValueError(f"{path}: not a readable model file or checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: expected a dict with 'model_config' and 'model_state', "
+                         f"got {type(payload).__name__}")
+    for key in ("model_config", "model_state"):
+        if key not in payload:
+            raise ValueError(f"{path}: missing key {key!r} (found keys {sorted(map(str, payload))})")
+    return payload
 
 
 class VxmDense(_Registration):
