@@ -43,6 +43,8 @@ __all__ = [
     "jacobian_determinant",
     "sdlogj",
     "folding_percent",
+    "determinant_sdlogj",
+    "determinant_folding_percent",
     "warp_labels",
     "warp_image",
 ]
@@ -339,17 +341,28 @@ def sdlogj(displacement: ArrayLike, mask: ArrayLike | None = None, spacing: Sequ
     """
     field, batched = _split_field(displacement)
     det = jacobian_determinant(field, spacing)
-    inside = _voxel_mask(mask, field.shape[0], tuple(field.shape[2:]), field.device)
     if learn2reg:
+        inside = _voxel_mask(mask, field.shape[0], tuple(field.shape[2:]), field.device)
         if min(det.shape[1:]) <= 4:
             raise ValueError(f"learn2reg=True drops a 2-voxel border and needs more than 4 voxels per axis, got "
                              f"spatial shape {tuple(det.shape[1:])}")
         crop = (slice(None),) + (slice(2, -2),) * (det.dim() - 1)
-        det, inside = det[crop], inside[crop]
-        logj = torch.log((det.to(torch.float64) + 3.0).clamp(1e-9, 1e9))
-    else:
-        logj = torch.log(det.to(torch.float64).clamp(min=1e-9))
-    return _per_sample(_masked_std(logj, inside), batched)
+        logj = torch.log((det[crop].to(torch.float64) + 3.0).clamp(1e-9, 1e9))
+        return _per_sample(_masked_std(logj, inside[crop]), batched)
+    return _per_sample(determinant_sdlogj(det, mask), batched)
+
+
+def determinant_sdlogj(det: torch.Tensor, mask: ArrayLike | None = None) -> torch.Tensor:
+    """:func:`sdlogj` from a determinant map already computed: ``[B, *S]`` -> float64 ``[B]``."""
+    inside = _voxel_mask(mask, det.shape[0], tuple(det.shape[1:]), det.device)
+    return _masked_std(torch.log(det.to(torch.float64).clamp(min=1e-9)), inside)
+
+
+def determinant_folding_percent(det: torch.Tensor, mask: ArrayLike | None = None) -> torch.Tensor:
+    """:func:`folding_percent` from a determinant map already computed: ``[B, *S]`` -> float64 ``[B]``."""
+    inside = _voxel_mask(mask, det.shape[0], tuple(det.shape[1:]), det.device).expand_as(det).flatten(1)
+    folded = ((det <= 0).flatten(1) & inside).sum(1).to(torch.float64)
+    return 100.0 * folded / inside.sum(1).to(torch.float64)
 
 
 def folding_percent(displacement: ArrayLike, mask: ArrayLike | None = None,
@@ -359,10 +372,7 @@ def folding_percent(displacement: ArrayLike, mask: ArrayLike | None = None,
     Shapes and mask as in :func:`sdlogj`: ``[B, ndim, *S]`` -> float64 ``[B]``, ``[ndim, *S]`` -> ``float``.
     """
     field, batched = _split_field(displacement)
-    det = jacobian_determinant(field, spacing)
-    inside = _voxel_mask(mask, field.shape[0], tuple(field.shape[2:]), field.device).expand_as(det).flatten(1)
-    folded = ((det <= 0).flatten(1) & inside).sum(1).to(torch.float64)
-    return _per_sample(100.0 * folded / inside.sum(1).to(torch.float64), batched)
+    return _per_sample(determinant_folding_percent(jacobian_determinant(field, spacing), mask), batched)
 
 
 # --------------------------------------------------------------------------------------------- warping

@@ -34,8 +34,12 @@ def end_point_error(displacement: torch.Tensor, truth: torch.Tensor, spacing: Se
 
 
 def pair_metrics(displacement: torch.Tensor, item: dict[str, Any], class_names: Sequence[str],
-                 hd95: bool = False) -> dict[str, float]:
+                 hd95: bool = False, jacobian: torch.Tensor | None = None,
+                 warped_labels: torch.Tensor | None = None) -> dict[str, float]:
     """Dice (mean over foreground and per class), TRE (mm), SDlogJ, folding (%), optional HD95 and EPE (mm).
+
+    ``jacobian`` (determinant map ``[*S]``) and ``warped_labels`` (``[*S]``, the moving labels warped by this field):
+    pass them when the caller already has them, so that they are computed once.
 
     Keys: ``dice_mean``, ``dice_<class>`` for every class, ``tre_mm``, ``sdlogj``, ``folding_percent``, ``hd95_mm``
     (when ``hd95``), ``epe_mm`` (when the item has ``gt_displacement``). Absent inputs give NaN.
@@ -49,7 +53,10 @@ def pair_metrics(displacement: torch.Tensor, item: dict[str, Any], class_names: 
     metrics.update({f"dice_{name}": float("nan") for name in class_names})
     if "fixed_labels" in item and "moving_labels" in item:
         fixed_labels = item["fixed_labels"].to(field.device).unsqueeze(0)
-        warped_labels = eval_metrics.warp_labels(item["moving_labels"].to(field.device).unsqueeze(0), field)
+        if warped_labels is None:
+            warped_labels = eval_metrics.warp_labels(item["moving_labels"].to(field.device).unsqueeze(0), field)
+        else:
+            warped_labels = warped_labels.to(field.device).reshape(fixed_labels.shape)
         scores = eval_metrics.dice(fixed_labels, warped_labels, num_classes)
         metrics["dice_mean"] = float(scores.mean.reshape(-1)[0])
         for name, value in zip(class_names, scores.per_class.reshape(-1).tolist()):
@@ -65,8 +72,10 @@ def pair_metrics(displacement: torch.Tensor, item: dict[str, Any], class_names: 
         distances = eval_metrics.tre(item["fixed_keypoints"].to(field.device), item["moving_keypoints"].to(field.device),
                                      field[0], spacing)
         metrics["tre_mm"] = float(distances.mean())
-    metrics["sdlogj"] = float(eval_metrics.sdlogj(field[0]))
-    metrics["folding_percent"] = float(eval_metrics.folding_percent(field[0]))
+    det = (eval_metrics.jacobian_determinant(field) if jacobian is None else jacobian.to(field.device)).reshape(
+        1, *field.shape[2:])
+    metrics["sdlogj"] = float(eval_metrics.determinant_sdlogj(det)[0])
+    metrics["folding_percent"] = float(eval_metrics.determinant_folding_percent(det)[0])
     if "gt_displacement" in item:
         mask = item["fixed_labels"][0] > 0 if "fixed_labels" in item else None
         metrics["epe_mm"] = end_point_error(field[0], item["gt_displacement"], spacing, mask)

@@ -163,14 +163,14 @@ class PairResult:
 def score_pair(item: dict[str, Any], method: str, warped: torch.Tensor, displacement: torch.Tensor,
                runtime_s: float, source: str, class_names: Sequence[str], hd95: bool) -> PairResult:
     """Metrics row (contract columns plus ``epe_mm``, ``parameters_source``) and the arrays to write."""
-    metrics = pair_metrics(displacement, item, class_names, hd95=hd95)
-    row = {"pair_id": item["pair_id"], "method": method, "hd95_mm": float("nan"), "epe_mm": float("nan"),
-           **metrics, "runtime_s": runtime_s, "parameters_source": source}
     field = displacement[0].detach().cpu()
     warped_labels = None
     if "moving_labels" in item:
         warped_labels = eval_metrics.warp_labels(item["moving_labels"][None], field[None])[0, 0]
     jacdet = eval_metrics.jacobian_determinant(field, tuple(float(s) for s in item["spacing"]))
+    metrics = pair_metrics(field, item, class_names, hd95=hd95, jacobian=jacdet, warped_labels=warped_labels)
+    row = {"pair_id": item["pair_id"], "method": method, "hd95_mm": float("nan"), "epe_mm": float("nan"),
+           **metrics, "runtime_s": runtime_s, "parameters_source": source}
     return PairResult(warped[0, 0].detach().cpu(), warped_labels, field, jacdet, row)
 
 
