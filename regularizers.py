@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
 from hypermorph_spatially_adaptive.tensors import (
-    REDUCTIONS,
+    check_reduction,
     Parameter,
     as_voxelwise,
     check_field,
@@ -30,6 +30,7 @@ __all__ = [
     "elastic_energy",
     "diffusion_energy",
     "lame_maps",
+    "class_map",
     "ElasticRegularizer",
     "DiffusionRegularizer",
 ]
@@ -115,12 +116,6 @@ def forward_difference(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 # --- energies ------------------------------------------------------------------------------------------------
-
-def _check_reduction(reduction: str) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction
-
 
 def _weighted(term: torch.Tensor, weight: torch.Tensor | float) -> torch.Tensor:
     """``term * weight``; ``term`` is a fresh temporary, overwritten in place where autograd allows."""
@@ -266,7 +261,7 @@ def elastic_energy(velocity: torch.Tensor, lam: Parameter, mu: Parameter, spacin
     Returns the map ``[B, 1, *S]`` for ``reduction="none"``, its mean over all voxels and the batch (border
     included) for ``"mean"``, or its sum for ``"sum"``.
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     ndim = check_field(velocity, "velocity")
     spacing = check_spacing(spacing, ndim)
     lam = as_voxelwise(lam, velocity, "lam")
@@ -284,7 +279,7 @@ def diffusion_energy(velocity: torch.Tensor, weight: Parameter, spacing: Spacing
     voxelwise map ``[B, 1, *S]``, non-negative. Returns the map ``[B, 1, *S]`` (``"none"``), its mean over all
     voxels and the batch, border included (``"mean"``) or its sum (``"sum"``).
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     ndim = check_field(velocity, "velocity")
     spacing = check_spacing(spacing, ndim)
     weight = as_voxelwise(weight, velocity, "weight")
@@ -301,42 +296,61 @@ def diffusion_energy(velocity: torch.Tensor, weight: Parameter, spacing: Spacing
     return reduce_loss(energy, reduction)
 
 
-def lame_maps(labels: torch.Tensor, lam: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Voxelwise Lame maps ``lam(x) = lam[label(x)]``, ``mu(x) = mu[label(x)]``, each ``[B, 1, *S]``.
-
-    ``labels`` ``[B, 1, *S]`` integer with values ``0..C-1``; ``lam`` and ``mu`` per class ``[B, C]`` or ``[C]``
-    (shared by the batch), non-negative and finite. Differentiable with respect to ``lam`` and ``mu``.
-    """
+def _check_labels(labels: torch.Tensor) -> None:
     if not isinstance(labels, torch.Tensor):
         raise ValueError(f"labels must be an integer torch.Tensor [B, 1, *S], got {type(labels).__name__}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise ValueError(f"labels must have an integer dtype (int64 class indices), got {labels.dtype}")
     if labels.dim() not in (4, 5) or labels.shape[1] != 1:
         raise ValueError(f"labels must have shape [B, 1, *S] with 2 or 3 spatial axes, got {tuple(labels.shape)}")
-    batch = labels.shape[0]
-    maps = []
-    for name, values in (("lam", lam), ("mu", mu)):
-        if not isinstance(values, torch.Tensor) or not values.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point torch.Tensor [B, C] or [C], got "
-                             f"{type(values).__name__ if not isinstance(values, torch.Tensor) else values.dtype}")
-        if values.dim() == 1:
-            values = values.unsqueeze(0).expand(batch, -1)
-        elif values.dim() != 2 or values.shape[0] != batch:
-            raise ValueError(f"{name} must have shape [B={batch}, C] or [C], got {tuple(values.shape)}")
-        if maps and values.shape[1] != maps[0].shape[1]:
-            raise ValueError(f"{name} must have as many classes as lam ({maps[0].shape[1]}), "
-                             f"got shape {tuple(values.shape)}")
-        if not torch.isfinite(values).all() or (values < 0).any():
-            raise ValueError(f"{name} must be finite and non-negative")
-        maps.append(values)
-    classes = maps[0].shape[1]
+
+
+def _class_values(values: torch.Tensor, name: str, batch: int) -> torch.Tensor:
+    """Per-class values ``[B, C]`` or ``[C]`` -> ``[B, C]``, checked finite and non-negative."""
+    if not isinstance(values, torch.Tensor) or not values.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point torch.Tensor [B, C] or [C], got "
+                         f"{type(values).__name__ if not isinstance(values, torch.Tensor) else values.dtype}")
+    if values.dim() == 1:
+        values = values.unsqueeze(0).expand(batch, -1)
+    elif values.dim() != 2 or values.shape[0] != batch:
+        raise ValueError(f"{name} must have shape [B={batch}, C] or [C], got {tuple(values.shape)}")
+    if not torch.isfinite(values).all() or (values < 0).any():
+        raise ValueError(f"{name} must be finite and non-negative")
+    return values
+
+
+def _gather_maps(labels: torch.Tensor, *per_class: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Voxelwise maps ``[B, 1, *S]`` of per-class values ``[B, C]`` (labels checked to lie in ``0..C-1``)."""
+    classes = per_class[0].shape[1]
     if labels.numel():
         low, high = (int(x) for x in torch.aminmax(labels))
         if low < 0 or high >= classes:
-            raise ValueError(f"labels must lie in 0..{classes - 1} (C={classes} classes in lam/mu), got values "
-                             f"in {low}..{high}")
-    index = labels.reshape(batch, -1).to(device=maps[0].device, dtype=torch.int64)
-    lam_map, mu_map = (torch.gather(values, 1, index).view(labels.shape) for values in maps)
+            raise ValueError(f"labels must lie in 0..{classes - 1} (C={classes} classes), got values in {low}..{high}")
+    index = labels.reshape(labels.shape[0], -1).to(device=per_class[0].device, dtype=torch.int64)
+    return tuple(torch.gather(values, 1, index).view(labels.shape) for values in per_class)
+
+
+def class_map(labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Voxelwise map ``v(x) = values[label(x)]`` ``[B, 1, *S]`` of per-class values ``[B, C]`` or ``[C]``.
+
+    ``labels`` ``[B, 1, *S]`` integer with values ``0..C-1``; values non-negative and finite. Differentiable with
+    respect to ``values``.
+    """
+    _check_labels(labels)
+    return _gather_maps(labels, _class_values(values, "values", labels.shape[0]))[0]
+
+
+def lame_maps(labels: torch.Tensor, lam: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Voxelwise Lame maps ``lam(x) = lam[label(x)]``, ``mu(x) = mu[label(x)]``, each ``[B, 1, *S]``.
+
+    ``labels`` ``[B, 1, *S]`` integer with values ``0..C-1``; ``lam`` and ``mu`` per class ``[B, C]`` or ``[C]``
+    (shared by the batch), non-negative and finite. Differentiable with respect to ``lam`` and ``mu``.
+    """
+    _check_labels(labels)
+    lam, mu = _class_values(lam, "lam", labels.shape[0]), _class_values(mu, "mu", labels.shape[0])
+    if lam.shape[1] != mu.shape[1]:
+        raise ValueError(f"mu must have as many classes as lam ({lam.shape[1]}), got shape {tuple(mu.shape)}")
+    lam_map, mu_map = _gather_maps(labels, lam, mu)
     return lam_map, mu_map
 
 
@@ -360,7 +374,7 @@ class ElasticRegularizer(nn.Module):
     def __init__(self, spacing: Spacing = None, reduction: str = "mean"):
         super().__init__()
         self.spacing = _check_module_spacing(spacing)
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
 
     def forward(self, velocity: torch.Tensor, lam: Parameter, mu: Parameter) -> torch.Tensor:
         return elastic_energy(velocity, lam, mu, self.spacing, self.reduction)
@@ -378,7 +392,7 @@ class DiffusionRegularizer(nn.Module):
     def __init__(self, spacing: Spacing = None, reduction: str = "mean"):
         super().__init__()
         self.spacing = _check_module_spacing(spacing)
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
 
     def forward(self, velocity: torch.Tensor, weight: Parameter) -> torch.Tensor:
         return diffusion_energy(velocity, weight, self.spacing, self.reduction)

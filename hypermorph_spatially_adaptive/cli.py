@@ -120,9 +120,11 @@ def open_dataset(args: argparse.Namespace, split: str | None = None) -> Any:
     A dataset error is re-raised with the data flags that were given, so the user sees which option to fix.
     """
     split = args.split if split is None else split
+    if args.data_root is None:
+        raise ValueError(f"--data-root is required: the {args.dataset} dataset folder")
     try:
         return datasets.get_dataset(args.dataset, args.data_root, split, **dataset_options(args))
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:  # a missing root or description file is bad input too
         given = [f"--dataset {args.dataset}", f"--data-root {args.data_root}", f"split {split!r}"]
         for flag, value in (("--ndim", args.ndim), ("--image-size", args.image_size),
                             ("--target-spacing", args.target_spacing), ("--dataset-option", args.dataset_option)):

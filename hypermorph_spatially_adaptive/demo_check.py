@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import phantom
+
 from .evaluation import nanmean
 from .parameter_table import POPULATION, read_parameters
 from .runtime import atomic_write_text
@@ -20,8 +22,9 @@ __all__ = ["DemoVerdict", "judge", "write_summary"]
 METHODS = ("global", "tissue_population", "tissue_subject")
 METRICS = (("epe_mm", "EPE (mm)", -1), ("tre_mm", "TRE (mm)", -1), ("dice_mean", "Dice", 1),
            ("sdlogj", "SDlogJ", -1), ("folding_percent", "folding (%)", -1))
-#: The phantom's materials from stiffest to softest (Young's moduli, see phantom.TISSUES).
-PHANTOM_STIFFNESS_ORDER = ("bone", "liver", "soft_tissue", "lung")
+#: The phantom's tissues from stiffest to softest by nominal Young's modulus (background excluded).
+PHANTOM_STIFFNESS_ORDER = tuple(sorted((name for name in phantom.TISSUES if name != "background"),
+                                       key=lambda name: -phantom.TISSUES[name]["E"]))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .tensors import Parameter, REDUCTIONS, as_voxelwise, check_image, reduce_loss
+from .tensors import Parameter, as_voxelwise, check_image, check_reduction, reduce_loss
 
 __all__ = ["local_ncc", "ncc_loss", "mse_loss", "NCC", "MSE"]
 
@@ -32,12 +32,6 @@ def _check_window(window: int) -> int:
     if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
         raise ValueError(f"window must be a positive odd int (voxels per axis), got {window!r}")
     return window
-
-
-def _check_reduction(reduction: str) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction
 
 
 def _box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -95,7 +89,6 @@ def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: f
 def _weight_mask_reduce(values: torch.Tensor, weight: Parameter | None, mask: torch.Tensor | None,
                         reduction: str) -> torch.Tensor:
     """Apply weight and mask to a per-voxel map ``[B, 1, *S]`` and reduce it (see the module docstring)."""
-    _check_reduction(reduction)
     if weight is not None:
         values = values * as_voxelwise(weight, values, "weight")
     if mask is None:
@@ -124,7 +117,7 @@ def ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, weight:
     mask ``[B or 1, 1, *S]``; reduction ``"mean"`` (over masked voxels with a mask), ``"sum"`` or ``"none"``
     (the weighted, masked map ``[B, 1, *S]``).
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)  # before the NCC map is computed
     return _weight_mask_reduce(1.0 - local_ncc(fixed, warped, window, eps), weight, mask, reduction)
 
 
@@ -133,7 +126,7 @@ def mse_loss(fixed: torch.Tensor, warped: torch.Tensor, weight: Parameter | None
     """Squared intensity difference per voxel ``(fixed - warped)^2`` (intensity^2 units), weighted, masked, reduced
     as :func:`ncc_loss`. fixed, warped ``[B, 1, *S]``."""
     _check_pair(fixed, warped)
-    _check_reduction(reduction)
+    check_reduction(reduction)
     return _weight_mask_reduce((fixed - warped) ** 2, weight, mask, reduction)
 
 
@@ -142,7 +135,7 @@ class NCC(nn.Module):
 
     def __init__(self, window: int = 9, reduction: str = "mean", eps: float = 1e-5):
         super().__init__()
-        self.window, self.reduction = _check_window(window), _check_reduction(reduction)
+        self.window, self.reduction = _check_window(window), check_reduction(reduction)
         if not float(eps) > 0:
             raise ValueError(f"eps must be positive (it keeps flat windows finite), got {eps}")
         self.eps = float(eps)
@@ -160,7 +153,7 @@ class MSE(nn.Module):
 
     def __init__(self, reduction: str = "mean"):
         super().__init__()
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
 
     def forward(self, fixed: torch.Tensor, warped: torch.Tensor, weight: Parameter | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:

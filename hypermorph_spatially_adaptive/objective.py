@@ -12,7 +12,7 @@ import torch
 
 import regularizers
 
-from .hyperparams import sample_hyperparams, split_hyperparams
+from .hyperparams import sample_hyperparams, similarity_weight, split_hyperparams
 from .losses import ncc_loss
 
 __all__ = ["REGULARIZERS", "CLASS_SAMPLING", "LossTerms", "nb_hyp_params", "sample_training_hyperparams", "constant_hyperparams",
@@ -67,11 +67,6 @@ def constant_hyperparams(values: Sequence[float], num_classes: int, batch: int =
     return torch.tensor(columns, device=device).expand(batch, -1).clone()
 
 
-def _class_map(labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Per-class values ``[B, C]`` -> voxelwise map ``[B, 1, *S]`` through ``labels`` ``[B, 1, *S]``."""
-    return regularizers.lame_maps(labels, values, values)[0]
-
-
 def registration_loss(fixed: torch.Tensor, warped: torch.Tensor, velocity: torch.Tensor, hyper: torch.Tensor, *,
                       regularizer: str = "elastic", num_classes: int = 1, labels: torch.Tensor | None = None,
                       spacing: Sequence[float] | None = None, ncc_window: int = 9) -> LossTerms:
@@ -90,14 +85,13 @@ def registration_loss(fixed: torch.Tensor, warped: torch.Tensor, velocity: torch
             lam, mu = regularizers.lame_maps(labels, lam, mu)
         else:
             lam, mu = lam[:, 0], mu[:, 0]
-        similarity_weight = 1.0 - lam - mu
+        weight = similarity_weight(lam, mu)
         regularization = regularizers.elastic_energy(velocity, lam, mu, spacing=spacing)
     elif regularizer == "diffusion":
-        weight = _class_map(labels, hyper) if spatial else hyper[:, 0]
-        similarity_weight = 1.0 - weight
-        regularization = regularizers.diffusion_energy(velocity, weight, spacing=spacing)
+        h = regularizers.class_map(labels, hyper) if spatial else hyper[:, 0]
+        weight = (1.0 - h).clamp_min(0.0)
+        regularization = regularizers.diffusion_energy(velocity, h, spacing=spacing)
     else:
         raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {regularizer!r}")
-    # Rounding can make 1 - lam - mu a hair below zero at the simplex edge.
-    similarity = ncc_loss(fixed, warped, window=ncc_window, weight=similarity_weight.clamp_min(0.0))
+    similarity = ncc_loss(fixed, warped, window=ncc_window, weight=weight)
     return LossTerms(similarity + regularization, similarity, regularization)

@@ -11,6 +11,7 @@ import torch
 
 __all__ = [
     "Parameter",
+    "check_reduction",
     "reduce_loss",
     "check_field",
     "check_image",
@@ -25,17 +26,22 @@ Parameter = Union[float, torch.Tensor]
 REDUCTIONS = ("none", "mean", "sum")
 
 
+def check_reduction(reduction: str) -> str:
+    """``reduction`` if it is one of :data:`REDUCTIONS`, else ValueError (checked before any work)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
 def reduce_loss(values: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Reduce a per-voxel loss map ``[B, 1, *S]``: ``none`` returns it, ``mean``/``sum`` over all elements."""
-    if reduction == "none":
+    if check_reduction(reduction) == "none":
         return values
     if reduction == "mean":
         # Same value as values.mean(), but the backward hands on a broadcast (stride-0) gradient instead of
         # materialising a full-size one, which fused backwards such as the elastic energy's exploit.
         return values.sum() / values.numel()
-    if reduction == "sum":
-        return values.sum()
-    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return values.sum()
 
 
 def all_finite(tensor: torch.Tensor) -> bool:

@@ -25,7 +25,7 @@ import datasets
 from .cli import HelpFormatter, add_data_args, add_run_args, open_dataset, run_stage, write_config
 from .evaluation import nanmean, pair_metrics
 from .checkpoints import load_trained_model
-from .networks import HyperVxmDense, spatial_from_global
+from .networks import FORMAT, HyperVxmDense, read_checkpoint, spatial_from_global
 from .objective import CLASS_SAMPLING, REGULARIZERS, constant_hyperparams, nb_hyp_params, registration_loss, \
     sample_training_hyperparams
 from .runtime import DistributedContext, atomic_torch_save, atomic_write_json, init_distributed, resolve_device, \
@@ -147,10 +147,6 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError("--workers and --int-steps must be >= 0")
     if not (0 <= args.val_lam and 0 <= args.val_mu and args.val_lam + args.val_mu <= 1 and 0 <= args.val_weight <= 1):
         raise ValueError("--val-lam, --val-mu must be >= 0 with a sum <= 1, and --val-weight in [0, 1]")
-    if args.data_root is None:
-        raise ValueError("--data-root is required (the dataset folder; make one with `python phantom.py --out DIR`)")
-    if not Path(args.data_root).is_dir():
-        raise ValueError(f"--data-root {args.data_root}: folder not found")
 
 
 def _common_spacing(item_spacings: Sequence[torch.Tensor], what: str) -> tuple[float, ...]:
@@ -217,7 +213,7 @@ def _warm_start(args: argparse.Namespace, num_classes: int) -> HyperVxmDense:
 
 
 def _checkpoint(run: _Run, optimizer: torch.optim.Optimizer, step: int, epoch: int, best: float) -> dict:
-    return {"format": "hypermorph-v1", "model_config": run.model.config, "model_state": run.model.state_dict(),
+    return {"format": FORMAT, "model_config": run.model.config, "model_state": run.model.state_dict(),
             "config": _run_info(run), "optimizer_state": optimizer.state_dict(), "step": step, "epoch": epoch,
             "best_score": best, "rng": rng_state()}
 
@@ -279,7 +275,11 @@ def _load_resume(run: _Run, optimizer: torch.optim.Optimizer) -> tuple[int, floa
     path = run.out / "checkpoints" / "last.pt" if run.args.resume == "last" else Path(run.args.resume)
     if not path.is_file():
         raise ValueError(f"--resume: checkpoint {path} not found")
-    state = torch.load(path, map_location=run.device, weights_only=False)
+    try:
+        # On the CPU: RNG states must stay there; the optimizer moves its state to the parameters' device.
+        state = read_checkpoint(path, map_location="cpu")
+    except ValueError as error:
+        raise ValueError(f"--resume {error}") from None
     if state.get("model_config") != run.model.config:
         raise ValueError(f"--resume {path}: the checkpoint's model ({state.get('model_config')}) differs from the "
                          f"options given ({run.model.config})")
@@ -343,8 +343,8 @@ def train(args: argparse.Namespace) -> Path:
         sampler.set_epoch(epoch)
         sampler.skip = offset * args.batch_size
         for batch in loader:
+            spacing = _common_spacing(batch["spacing"], f"--dataset {args.dataset}")  # on the CPU: no device sync
             batch = _batch_to(batch, device)
-            spacing = _common_spacing(batch["spacing"], f"--dataset {args.dataset}")
             # Parameter draws depend only on (seed, step, rank): a resumed run draws the same ones.
             generator.manual_seed((args.seed * 1_000_003 + step) * 4096 + context.rank)
             hyper = sample_training_hyperparams(batch["fixed"].shape[0], run.num_classes, args.regularizer,
@@ -355,12 +355,12 @@ def train(args: argparse.Namespace) -> Path:
             terms = registration_loss(batch["fixed"], output.warped.float(), output.velocity.float(), hyper,
                                       regularizer=args.regularizer, num_classes=run.num_classes,
                                       labels=batch.get(label_key), spacing=spacing, ncc_window=args.ncc_window)
-            loss_value = terms.total.item()
+            loss_value, similarity, regularization = torch.stack(list(terms)).tolist()  # one device sync
             if not math.isfinite(loss_value):
                 progress.close()
                 raise TrainingError(
-                    f"loss became {loss_value} at step {step + 1} (similarity {terms.similarity.item():.4g}, "
-                    f"regularization {terms.regularization.item():.4g}); training stopped. The last good checkpoint "
+                    f"loss became {loss_value} at step {step + 1} (similarity {similarity:.4g}, "
+                    f"regularization {regularization:.4g}); training stopped. The last good checkpoint "
                     f"is {checkpoints / 'last.pt'} (try a lower --lr or check the data)")
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
@@ -369,13 +369,12 @@ def train(args: argparse.Namespace) -> Path:
             optimizer.step()
             step += 1
             progress.update(1)
-            progress.set_postfix(loss=f"{loss_value:.4f}", sim=f"{terms.similarity.item():.4f}",
-                                 reg=f"{terms.regularization.item():.4g}")
+            progress.set_postfix(loss=f"{loss_value:.4f}", sim=f"{similarity:.4f}", reg=f"{regularization:.4g}")
             last = step == total_steps
             row = {}
             if context.is_main and (step % args.log_every == 0 or last):
-                row = dict(step=step, epoch=epoch, loss=loss_value, similarity=terms.similarity.item(),
-                           regularization=terms.regularization.item())
+                row = dict(step=step, epoch=epoch, loss=loss_value, similarity=similarity,
+                           regularization=regularization)
             if context.is_main and run.val_set is not None and (step % args.val_every == 0 or last):
                 scores = validate(run)
                 row.update(step=step, epoch=epoch, val_dice=scores["dice_mean"], val_tre_mm=scores["tre_mm"],

@@ -9,6 +9,7 @@ from hypermorph_spatially_adaptive.transform import identity_grid
 from regularizers import (
     DiffusionRegularizer,
     ElasticRegularizer,
+    class_map,
     diffusion_energy,
     elastic_energy,
     forward_difference,
@@ -478,3 +479,12 @@ def test_modules_call_their_functions_with_the_stored_settings():
 def test_module_bad_settings_raise_value_error(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_class_map_gathers_each_voxels_class_value_per_sample():
+    labels = torch.tensor([[0, 1], [2, 1]]).view(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    values = torch.tensor([[0.1, 0.2, 0.3], [1.0, 2.0, 3.0]])
+    expected = torch.tensor([[[[0.1, 0.2], [0.3, 0.2]]], [[[1.0, 2.0], [3.0, 2.0]]]])
+    torch.testing.assert_close(class_map(labels, values), expected)
+    with pytest.raises(ValueError, match="labels must lie in 0..1"):
+        class_map(labels, values[:, :2])

@@ -106,6 +106,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(phanto
 @pytest.mark.parametrize("flags,needle", [
     (["--dataset", "nosuch"], "nosuch"),
     (["--data-root", "/does/not/exist"], "--data-root"),
+    (["--data-root", str(Path(__file__).parent)], "dataset description not found"),  # a folder without the data
     (["--image-size", "32", "32", "32"], "--image-size"),
     (["--batch-size", "64"], "--batch-size"),
     (["--lr", "-1"], "--lr"),
