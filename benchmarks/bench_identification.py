@@ -23,39 +23,20 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (add_common_args, format_table, machine_info, resolve_benchmark_device,  # noqa: E402
-                               timed, write_results)
+                               synthetic_pair, timed, write_results)
 from hypermorph_spatially_adaptive import HyperVxmDense  # noqa: E402
 from hypermorph_spatially_adaptive.identification import evaluate_pair, simplex_grid  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "identification.json"
 NUM_CLASSES = 5
+KEYPOINTS = 300
 TARGET_SPEEDUP = 2.0
-
-
-def synthetic_pair(shape: Sequence[int], keypoints: int = 300, seed: int = 0) -> dict:
-    """A dataset-like item: smooth random images in [0, 1], labels 0..4 from a smooth field, random keypoints."""
-    generator = torch.Generator().manual_seed(seed)
-    ndim = len(shape)
-
-    def smooth(channels: int) -> torch.Tensor:
-        noise = torch.rand(1, channels, *[max(2, s // 8) for s in shape], generator=generator)
-        return F.interpolate(noise, size=tuple(shape), mode="bilinear" if ndim == 2 else "trilinear",
-                             align_corners=True)[0]
-
-    fixed, moving = smooth(1), smooth(1)
-    labels = (smooth(1) * NUM_CLASSES).long().clamp(0, NUM_CLASSES - 1)
-    size = torch.tensor(shape, dtype=torch.float32) - 1
-    fixed_points = torch.rand(keypoints, ndim, generator=generator) * size
-    return {"fixed": fixed, "moving": moving, "fixed_labels": labels, "moving_labels": labels.roll(2, dims=1),
-            "fixed_keypoints": fixed_points, "moving_keypoints": (fixed_points + 1.5).clamp(max=size),
-            "spacing": torch.ones(ndim, dtype=torch.float64), "pair_id": "bench"}
 
 
 def time_variants(model: torch.nn.Module, item: dict, grids: dict[str, tuple[torch.Tensor, int]], repeats: int,
@@ -99,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     grid = simplex_grid(0.1)
     model = HyperVxmDense(shape_2d, 2).to(device).eval()
-    item = synthetic_pair(shape_2d)
+    item = synthetic_pair(shape_2d, NUM_CLASSES, KEYPOINTS)
     variants = {f"2d batch {b}": (grid, b) for b in (1, 8, 16, grid.shape[0])}
     samples = time_variants(model, item, variants, repeats, device)
     for name, (_, batch) in variants.items():
@@ -113,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if not args.skip_3d:
         model = HyperVxmDense(shape_3d, 2).to(device).eval()
-        item = synthetic_pair(shape_3d)
+        item = synthetic_pair(shape_3d, NUM_CLASSES, KEYPOINTS)
         grid_3d = grid[1:1 + args.points_3d]
         variants = {"3d batch 1": (grid_3d[:1], 1), f"3d batch {len(grid_3d)}": (grid_3d, len(grid_3d))}
         samples_3d = time_variants(model, item, variants, 1, device, warmup=False)

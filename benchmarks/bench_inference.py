@@ -20,11 +20,8 @@ Defaults: 2D 128x128, 3D 64^3 and 96^3, 3 repeats; ``--quick``: 128x128 and 64^3
 """
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,35 +35,21 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (MIB, format_table, machine_info, parse_sized_args,  # noqa: E402
-                               read_peak_memory, resolve_benchmark_device, shape_text, start_peak_memory, timed,
-                               write_results)
+                               read_peak_memory, resolve_benchmark_device, run_child, shape_text, start_peak_memory,
+                               synthetic_pair, timed, write_results)
 from hypermorph_spatially_adaptive import HyperVxmDense  # noqa: E402
 from hypermorph_spatially_adaptive.inference import register, score_pair, write_outputs  # noqa: E402
 
-__all__ = ["synthetic_item", "measure_size", "main"]
+__all__ = ["measure_size", "main"]
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "inference.json"
 DEFAULT_SIZES = ((128, 128), (64, 64, 64), (96, 96, 96))
 QUICK_SIZES = ((128, 128), (64, 64, 64))
 CLASSES = ("background", "soft_tissue", "lung", "bone", "liver")
 KEYPOINTS = 100
+#: What the report says of the model (the rest of its config is the size and the parameter count).
+MODEL_KEYS = ("enc_features", "dec_features", "int_steps", "hyper_layers", "hyper_units")
 WARMUP_EDGE = 16
-
-
-def synthetic_item(shape: Sequence[int], seed: int = 0) -> dict[str, Any]:
-    """A dataset item (see ``datasets.py``) with random images, label shells around the centre (the moving ones
-    shifted by one voxel along axis 0) and random keypoints; 1.5 mm voxels."""
-    g = torch.Generator().manual_seed(seed)
-    axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in shape]
-    radius = torch.stack(torch.meshgrid(*axes, indexing="ij")).norm(dim=0) / (min(shape) / 2)
-    labels = (len(CLASSES) - 1 - (radius * len(CLASSES)).floor()).clamp(0, len(CLASSES) - 1).long()[None]
-    fixed_points = torch.rand(KEYPOINTS, len(shape), generator=g) * (torch.tensor(shape) - 1)
-    return {"fixed": torch.rand(1, *shape, generator=g), "moving": torch.rand(1, *shape, generator=g),
-            "fixed_labels": labels, "moving_labels": labels.roll(1, dims=1),
-            "fixed_keypoints": fixed_points, "moving_keypoints": fixed_points + 0.5,
-            "spacing": torch.full((len(shape),), 1.5, dtype=torch.float64),
-            "affine": torch.diag(torch.tensor([1.5] * len(shape) + [1.0] * (4 - len(shape)), dtype=torch.float64)),
-            "pair_id": "bench"}
 
 
 def measure_size(shape: Sequence[int], repeats: int, device: torch.device) -> dict[str, Any]:
@@ -74,8 +57,8 @@ def measure_size(shape: Sequence[int], repeats: int, device: torch.device) -> di
     torch.manual_seed(0)
     model = HyperVxmDense(list(shape), 2 * len(CLASSES)).to(device).eval()
     hyper = torch.full((1, 2 * len(CLASSES)), 0.2)
-    register(model, synthetic_item([WARMUP_EDGE] * len(shape)), hyper, device)
-    item = synthetic_item(shape)
+    register(model, synthetic_pair([WARMUP_EDGE] * len(shape), len(CLASSES), KEYPOINTS), hyper, device)
+    item = synthetic_pair(shape, len(CLASSES), KEYPOINTS)
     start = start_peak_memory(device)
     register(model, item, hyper, device)  # untimed: first touch of this size's memory
     times: dict[str, list[float]] = {"register_s": [], "score_s": [], "score_hd95_s": [], "write_s": []}
@@ -95,20 +78,6 @@ def measure_size(shape: Sequence[int], repeats: int, device: torch.device) -> di
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
-
-
-def _run_child(shape: tuple[int, ...], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(list(shape)), "--repeats",
-               str(args.repeats), "--device", str(device), "--threads", str(args.threads)]
-    proc = subprocess.run(command, capture_output=True, text=True, check=False)
-    record = {"shape": list(shape), "voxels": math.prod(shape)}
-    if proc.returncode != 0:  # e.g. out of memory at the largest size: keep the other sizes
-        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        print(f"  {shape_text(shape)} failed: {tail}", file=sys.stderr)
-        return {**record, "error": tail}
-    return {**record, **json.loads(proc.stdout.strip().splitlines()[-1])}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser, args = parse_sized_args(__doc__.split("\n\n")[0], DEFAULT_OUT, DEFAULT_SIZES, QUICK_SIZES, argv)
     device = resolve_benchmark_device(parser, args)
@@ -120,7 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     memory_key = "cuda_peak_bytes" if device.type == "cuda" else "rss_peak_bytes"
     print(f"device {device}; {torch.get_num_threads()} threads; torch {torch.__version__}; {args.repeats} timed "
           f"round(s) per size; load average {machine['load_average_1min']}")
-    results = [_run_child(tuple(shape), args, device) for shape in args.sizes]
+    results = [run_child(__file__, list(shape), shape, {}, args, device, extra=("--repeats", str(args.repeats)))
+               for shape in args.sizes]
+    config = HyperVxmDense([WARMUP_EDGE] * 2, 2 * len(CLASSES)).config  # the children's widths (sizes aside)
     rows = [[shape_text(r["shape"]), r.get("register_s"), r.get("register_min_s"), r.get("score_s"),
              r.get("score_hd95_s"), r.get("write_s"), r[memory_key] / MIB if memory_key in r else None]
             for r in results]
@@ -129,8 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "inference per pair: register (forward + integration), score, write outputs",
         "machine": machine, "device": str(device), "threads": torch.get_num_threads(), "quick": args.quick,
         "repeats": args.repeats, "num_classes": len(CLASSES), "keypoints": KEYPOINTS,
-        "model": {"enc_features": [16, 32, 32, 32], "dec_features": [32, 32, 32, 32, 32, 16, 16], "int_steps": 7,
-                  "hyper_layers": 6, "hyper_units": 128, "trained": False},
+        "model": {**{key: config[key] for key in MODEL_KEYS}, "trained": False},
         "memory_measure": "cuda max_memory_allocated" if device.type == "cuda"
         else "peak RSS (VmHWM) per subprocess, reset after a warm-up on a 16-voxel grid",
         "memory_key": memory_key, "results": results, "elapsed_s": time.perf_counter() - started,

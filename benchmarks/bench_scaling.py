@@ -28,7 +28,6 @@ import json
 import math
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,8 +40,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (MIB, format_table, machine_info, parse_size, parse_sized_args,  # noqa: E402
-                               read_peak_memory, resolve_benchmark_device, shape_text, start_peak_memory, timed,
-                               write_results)
+                               read_peak_memory, resolve_benchmark_device, run_child, shape_text, start_peak_memory,
+                               timed, write_results)
 from hypermorph_spatially_adaptive import HyperVxmDense, VxmDense, sample_hyperparams  # noqa: E402
 from hypermorph_spatially_adaptive.objective import registration_loss  # noqa: E402
 
@@ -153,19 +152,10 @@ class Case(NamedTuple):
 
 
 def _run_child(case: Case, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    spec = json.dumps({"shape": list(case.shape), "model": case.model, "phase": case.phase,
-                       "classes": case.classes, "repeats": args.repeats})
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", spec, "--device", str(device),
-               "--threads", str(args.threads)]
-    proc = subprocess.run(command, capture_output=True, text=True, check=False)
-    record = {"shape": list(case.shape), "voxels": math.prod(case.shape), "model": case.model, "phase": case.phase,
-              "classes": case.classes}
-    if proc.returncode != 0:  # e.g. out of memory at the largest size: keep the other points
-        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        print(f"  {case.model} {case.phase} {shape_text(case.shape)} failed: {tail}", file=sys.stderr)
-        return {**record, "error": tail}
-    return {**record, **json.loads(proc.stdout.strip().splitlines()[-1])}
-
+    spec = {"shape": list(case.shape), "model": case.model, "phase": case.phase, "classes": case.classes,
+            "repeats": args.repeats}
+    return run_child(__file__, spec, case.shape, {"model": case.model, "phase": case.phase, "classes": case.classes},
+                     args, device)
 
 
 def fits(records: Sequence[dict[str, Any]], memory_key: str, target_voxels: int) -> dict[str, Any]:

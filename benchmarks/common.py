@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: timing, peak memory, the machine description, JSON and tables.
+"""Helpers shared by the benchmark scripts: timing, peak memory, the machine description, a synthetic pair, cases in
+child processes, JSON and tables.
 
 Import from a script after putting the repository root on ``sys.path``: ``from benchmarks.common import ...``.
 Every results file carries :func:`machine_info` under the key ``machine`` so that ``run_all.py`` can state where
@@ -7,9 +8,13 @@ the numbers were measured.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import platform
 import resource
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,9 +24,10 @@ import torch
 
 from hypermorph_spatially_adaptive.runtime import atomic_write_json, resolve_device
 
-__all__ = ["add_common_args", "parse_size", "shape_text", "parse_sized_args", "resolve_benchmark_device", "sync", "timed", "current_rss_bytes", "reset_peak_rss",
-           "peak_rss_bytes", "start_peak_memory", "read_peak_memory", "cpu_model", "machine_info", "write_results",
-           "format_table", "markdown_table", "MIB"]
+__all__ = ["add_common_args", "parse_size", "shape_text", "parse_sized_args", "resolve_benchmark_device", "sync",
+           "timed", "current_rss_bytes", "reset_peak_rss", "peak_rss_bytes", "start_peak_memory", "read_peak_memory",
+           "cpu_model", "machine_info", "synthetic_pair", "run_child", "write_results", "format_table",
+           "markdown_table", "MIB"]
 
 MIB = 2 ** 20
 
@@ -209,6 +215,44 @@ def machine_info(device: torch.device | str) -> dict[str, Any]:
     if device.type == "cuda":
         info.update(device_name=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     return info
+
+
+# --- inputs and child processes -------------------------------------------------------------------------------
+
+def synthetic_pair(shape: Sequence[int], num_classes: int = 5, keypoints: int = 100, seed: int = 0) -> dict[str, Any]:
+    """A dataset item (see ``datasets.py``) for timing: random images ``[1, *S]``, ``num_classes`` concentric label
+    shells around the centre (the moving ones shifted by one voxel along axis 0), ``keypoints`` random keypoints
+    (the moving ones half a voxel off), 1.5 mm voxels, pair id ``bench``."""
+    g = torch.Generator().manual_seed(seed)
+    axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in shape]
+    radius = torch.stack(torch.meshgrid(*axes, indexing="ij")).norm(dim=0) / (min(shape) / 2)
+    labels = (num_classes - 1 - (radius * num_classes).floor()).clamp(0, num_classes - 1).long()[None]
+    fixed_points = torch.rand(keypoints, len(shape), generator=g) * (torch.tensor(shape) - 1)
+    return {"fixed": torch.rand(1, *shape, generator=g), "moving": torch.rand(1, *shape, generator=g),
+            "fixed_labels": labels, "moving_labels": labels.roll(1, dims=1),
+            "fixed_keypoints": fixed_points, "moving_keypoints": fixed_points + 0.5,
+            "spacing": torch.full((len(shape),), 1.5, dtype=torch.float64),
+            "affine": torch.diag(torch.tensor([1.5] * len(shape) + [1.0] * (4 - len(shape)), dtype=torch.float64)),
+            "pair_id": "bench"}
+
+
+def run_child(script: str | Path, spec: Any, shape: Sequence[int], case: dict[str, Any], args: argparse.Namespace,
+              device: torch.device, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """Measure one case in a fresh process (so that memory peaks do not mix): ``script --child JSON(spec) --device
+    D --threads N *extra``, which prints its result dict as JSON on its last line.
+
+    Returns ``{"shape", "voxels", **case}`` updated with that dict, or with ``error`` (the child's last stderr line)
+    when it failed, e.g. out of memory at the largest size: the other cases are kept."""
+    command = [sys.executable, str(Path(script).resolve()), "--child", json.dumps(spec), "--device", str(device),
+               "--threads", str(args.threads), *extra]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    record = {"shape": list(shape), "voxels": math.prod(shape), **case}
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        name = " ".join([str(value) for value in case.values()] + [shape_text(shape)])
+        print(f"  {name} failed: {tail}", file=sys.stderr)
+        return {**record, "error": tail}
+    return {**record, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
 # --- output ---------------------------------------------------------------------------------------------------

@@ -4,9 +4,8 @@ The functional core behind ``parameter_identification.py``:
 
 - :func:`simplex_grid` / :func:`value_grid` build the grid ``[G, 2]`` (float64 ``(lam, mu)``, ``lam + mu <= 1``)
   in *grid order*: ascending lam, then ascending mu. (0, 0) is evaluated but never chosen.
-- :func:`evaluate_pair` runs the global model once per chunk of grid points (images expanded to ``[g, 1, *S]``,
-  parameters ``[g, 2]``) and scores every displacement with :func:`score_displacements`: Dice per class
-  ``[G, C]`` of the nearest-warped moving labels, and TRE per class ``[G, C]`` in mm (:func:`class_tre`).
+- :func:`evaluate_pair` (from ``identification_scoring.py``, re-exported here) scores a pair over the grid: Dice
+  and TRE per class ``[G, C]``, many grid points per forward pass.
 - :class:`GridScores` holds every score ``[P, G, C]`` and converts to and from ``grid_scores.csv``
   (:func:`write_grid_scores`, :func:`read_grid_scores`, :func:`merge_grid_scores` for shards).
 - :func:`choose_parameters` turns grid scores alone into ``parameters.csv`` rows (global, population and
@@ -24,16 +23,15 @@ from typing import Any, Sequence
 
 import torch
 
-import eval_metrics
-
+from .identification_scoring import ScoringTargets, class_tre, evaluate_pair, score_displacements, scoring_targets
 from .parameter_table import GLOBAL, POPULATION, ParameterRow
 from .runtime import atomic_write_csv
-from .transform import sample_at_points
 
 __all__ = ["GRID_COLUMNS", "EVAL_COLUMNS", "CRITERIA", "BACKGROUND_POLICIES", "GridScores", "simplex_grid",
-           "value_grid", "parse_values", "class_tre", "score_displacements", "evaluate_pair", "write_grid_scores",
-           "read_grid_scores", "merge_grid_scores", "objective", "scope_class_scores", "class_criterion",
-           "best_index", "choose_parameters", "parse_shard", "shard_pair_ids"]
+           "value_grid", "parse_values", "grid_index", "class_tre", "ScoringTargets", "scoring_targets",
+           "score_displacements", "evaluate_pair", "write_grid_scores", "read_grid_scores", "merge_grid_scores",
+           "objective", "scope_class_scores", "class_criterion", "best_index", "choose_parameters", "parse_shard",
+           "shard_pair_ids"]
 
 #: The contract's columns of ``grid_scores.csv``.
 GRID_COLUMNS = ("pair_id", "lam", "mu", "class_id", "class_name", "dice", "tre_mm")
@@ -94,78 +92,15 @@ def value_grid(lam_values: Sequence[float], mu_values: Sequence[float]) -> torch
     return torch.tensor(points, dtype=torch.float64)
 
 
+def grid_index(grid: torch.Tensor, lam: float, mu: float) -> int | None:
+    """Index of the point ``(lam, mu)`` in ``grid`` ``[G, 2]`` (each within :data:`TOLERANCE`); None when off it."""
+    match = torch.nonzero((grid - torch.tensor([lam, mu], dtype=grid.dtype)).abs().amax(1) <= TOLERANCE)
+    return int(match[0]) if len(match) else None
+
+
 def _allowed(grid: torch.Tensor) -> torch.Tensor:
     """Grid points that may be chosen ``[G]``: all but (0, 0) (no regularization at all)."""
     return ~((grid[:, 0] == 0) & (grid[:, 1] == 0))
-
-
-# --------------------------------------------------------------------------------------------- scoring
-
-def class_tre(displacement: torch.Tensor, fixed_keypoints: torch.Tensor, moving_keypoints: torch.Tensor,
-              fixed_labels: torch.Tensor, spacing: Sequence[float], num_classes: int) -> torch.Tensor:
-    """Mean TRE per class in mm for many fields at once: ``[G, ndim, *S]`` -> float64 ``[G, C]``.
-
-    Keypoints ``[N, ndim]`` (voxels) are grouped by the fixed label ``[*S]`` at the fixed keypoint rounded to the
-    nearest voxel; a class without keypoints is NaN. Per point the error is ``|(p + u(p) - q) * spacing|`` as in
-    ``eval_metrics.tre`` (u linearly interpolated, border value outside).
-    """
-    batch, ndim, shape = displacement.shape[0], displacement.shape[1], displacement.shape[2:]
-    device = displacement.device
-    p = fixed_keypoints.to(device, torch.float64)
-    q = moving_keypoints.to(device, torch.float64)
-    if p.shape[0] == 0:
-        return torch.full((batch, num_classes), math.nan, dtype=torch.float64, device=device)
-    # All G fields are sampled in one call as G * ndim channels: channel g * ndim + k is field g, axis k.
-    u = sample_at_points(displacement.to(torch.float64).reshape(batch * ndim, *shape), p).view(-1, batch, ndim)
-    scale = torch.tensor([float(s) for s in spacing], dtype=torch.float64, device=device)
-    distance = ((p[:, None] + u - q[:, None]) * scale).norm(dim=-1).T  # [G, N]
-    voxel = p.round().long()
-    for axis, size in enumerate(shape):
-        voxel[:, axis].clamp_(0, size - 1)
-    classes = fixed_labels.to(device)[tuple(voxel.T)]  # [N]
-    sums = torch.zeros(batch, num_classes, dtype=torch.float64, device=device).index_add_(1, classes, distance)
-    counts = torch.bincount(classes, minlength=num_classes).to(torch.float64)
-    return torch.where(counts > 0, sums / counts.clamp(min=1.0), torch.full_like(sums, math.nan))
-
-
-def score_displacements(displacement: torch.Tensor, item: dict[str, Any], num_classes: int) -> dict[str, torch.Tensor]:
-    """``dice`` and ``tre_mm`` (float64 ``[G, C]``) of fields ``[G, ndim, *S]`` for a dataset item's labels and
-    keypoints (``fixed_labels``, ``moving_labels`` ``[1, *S]``; ``tre_mm`` is NaN without keypoints)."""
-    device = displacement.device
-    fixed_labels = item["fixed_labels"].to(device)
-    warped = eval_metrics.warp_labels(item["moving_labels"].to(device)[None], displacement)
-    dice = eval_metrics.dice(fixed_labels[None], warped, num_classes).per_class
-    if "fixed_keypoints" in item:
-        tre = class_tre(displacement, item["fixed_keypoints"], item["moving_keypoints"], fixed_labels[0],
-                        item["spacing"].tolist(), num_classes)
-    else:
-        tre = torch.full_like(dice, math.nan)
-    return {"dice": dice, "tre_mm": tre}
-
-
-@torch.inference_mode()
-def evaluate_pair(model: torch.nn.Module, item: dict[str, Any], grid: torch.Tensor, num_classes: int,
-                  grid_batch: int = 16, selection: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
-    """Scores of one pair at every grid point: column name -> float64 ``[G, C]`` (CPU).
-
-    ``grid`` ``[G, 2]``; ``grid_batch`` points share one forward pass of the global ``model`` (a parameter vector
-    per sample, the images expanded). Without ``selection`` the keys are ``dice`` and ``tre_mm`` of the item's
-    labels; with ``selection`` (an item carrying other labels, e.g. automatic segmentations) ``dice`` and
-    ``tre_mm`` are those labels' scores and ``dice_eval``, ``tre_mm_eval`` the item's own.
-    """
-    device = next(model.parameters()).device
-    moving, fixed = item["moving"][None].to(device), item["fixed"][None].to(device)
-    sources = {"": item} if selection is None else {"": selection, "_eval": item}
-    chunks: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, grid.shape[0], grid_batch):
-        hyper = grid[start:start + grid_batch].to(device, torch.float32)
-        count = hyper.shape[0]
-        displacement = model(moving.expand(count, *moving.shape[1:]), fixed.expand(count, *fixed.shape[1:]),
-                             hyper).displacement
-        for suffix, source in sources.items():
-            for name, values in score_displacements(displacement, source, num_classes).items():
-                chunks.setdefault(name + suffix, []).append(values.cpu())
-    return {name: torch.cat(values) for name, values in chunks.items()}
 
 
 # --------------------------------------------------------------------------------------------- grid_scores.csv
@@ -340,9 +275,8 @@ def _scope_rows(scope: str, scores: GridScores, pairs: Sequence[int], criterion:
         values = scope_class_scores(scores, pairs, class_id, kind)
         if class_id == 0 and background == "fixed":
             lam, mu = background_value
-            on_grid = torch.nonzero((scores.grid - torch.tensor([lam, mu], dtype=torch.float64)).abs().amax(1)
-                                    <= TOLERANCE)
-            score = float(values[int(on_grid[0])]) if len(on_grid) else math.nan
+            index = grid_index(scores.grid, lam, mu)
+            score = math.nan if index is None else float(values[index])
             rows.append(ParameterRow(scope, class_id, class_name, float(lam), float(mu), kind, score))
             continue
         if class_id == 0 and background == "global":

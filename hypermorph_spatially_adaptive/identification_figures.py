@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .identification import GridScores, scope_class_scores  # noqa: E402
+from .identification import GridScores, grid_index, scope_class_scores  # noqa: E402
 from .parameter_table import GLOBAL, POPULATION, POPULATION_REFINED, ParameterRow  # noqa: E402
 from .runtime import atomic_write  # noqa: E402
 
@@ -90,9 +90,9 @@ def summary_markdown(scores: GridScores, rows: Sequence[ParameterRow], notes: Se
         if row.scope not in (GLOBAL, POPULATION, POPULATION_REFINED):
             continue
         evaluation = "same" if not scored else "n/a"  # a refined or fixed value off the grid has no grid score
-        at = torch.nonzero((scores.grid - torch.tensor([row.lam, row.mu], dtype=torch.float64)).abs().amax(1) < 1e-9)
-        if scored and row.scope != POPULATION_REFINED and len(at):
-            evaluation = f"{float(scores.metrics['dice_eval'][:, int(at[0]), row.class_id].nanmean()):.4f}"
+        at = grid_index(scores.grid, row.lam, row.mu)
+        if scored and row.scope != POPULATION_REFINED and at is not None:
+            evaluation = f"{float(scores.metrics['dice_eval'][:, at, row.class_id].nanmean()):.4f}"
         lines.append(f"| {row.scope} | {row.class_name} | {row.lam:.4g} | {row.mu:.4g} | {row.criterion} | "
                      f"{row.score:.4f} | {evaluation} |")
     return "\n".join(lines + [""] + [f"{text}\n" for text in closing])

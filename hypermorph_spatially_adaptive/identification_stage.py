@@ -144,17 +144,6 @@ def _grid(args: argparse.Namespace) -> torch.Tensor:
     return grid
 
 
-def _open(args: argparse.Namespace) -> Any:
-    if args.data_root is None:
-        raise ValueError("--data-root is required (the dataset folder)")
-    if not Path(args.data_root).is_dir():
-        raise ValueError(f"--data-root {args.data_root}: folder not found")
-    try:
-        return open_dataset(args)
-    except FileNotFoundError as error:
-        raise ValueError(f"--dataset {args.dataset} --data-root {args.data_root}: {error}") from error
-
-
 def _relabelled(dataset: Any, folder: Path) -> Any:
     """``dataset`` reading its label maps from ``--selection-labels`` (same file names)."""
     try:
@@ -248,7 +237,7 @@ def _prepare(args: argparse.Namespace) -> _Plan:
                      shard_options=options)
         if not args.refine:
             return plan
-        plan.dataset = _open(args)
+        plan.dataset = open_dataset(args)
         missing = sorted(set(plan.pair_ids) - set(plan.dataset.pair_ids))
         if missing or tuple(plan.dataset.class_names) != plan.class_names \
                 or args.selection_labels != options["selection_labels"]:
@@ -257,7 +246,7 @@ def _prepare(args: argparse.Namespace) -> _Plan:
                              f"classes {list(plan.dataset.class_names)} differ from {list(plan.class_names)}")
     else:
         plan = _Plan(device, (), [], _grid(args), shard=parse_shard(args.shard) if args.shard else None)
-        plan.dataset = _open(args)
+        plan.dataset = open_dataset(args)
         plan.class_names = tuple(plan.dataset.class_names)
         plan.model = _load_global(args, device, plan.class_names)
         pair_ids = sorted(plan.dataset.pair_ids)
@@ -309,6 +298,8 @@ def _evaluate(args: argparse.Namespace, plan: _Plan, out: Path) -> GridScores:
             parts.append(read_grid_scores(path))
             continue
         index = plan.index[pair_id]
+        # The relabelled dataset reads the images again: a dataset has no labels-only load (its preprocessing of
+        # labels follows that of the images).
         selection = plan.selection[index] if plan.selection is not None else None
         scores = evaluate_pair(plan.model, plan.dataset[index], plan.grid, len(plan.class_names), args.grid_batch,
                                selection)

@@ -23,6 +23,7 @@ import torch
 import datasets
 
 from .runtime import atomic_write
+from .volume_io import check_same_grid, load_image, load_labels, same_affine
 
 __all__ = ["INTENSITY_MODES", "read_pair", "read_displacement", "write_volume", "write_displacement", "file_stem"]
 
@@ -44,45 +45,35 @@ def file_stem(path: str | Path) -> str:
     return Path(name).stem
 
 
-def _read_volume(path: str | Path, flag: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """Voxel data as 3 axes (a 2D image as ``[H, W, 1]``), its affine and the image's own ndim (2 or 3)."""
+def _read(path: str | Path, flag: str, loader: Callable[..., Any], *args: Any) -> Any:
+    """``loader(path, *args)`` (a :mod:`.volume_io` reader) with every failure a ValueError naming ``flag`` and the
+    file."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{flag} {path}: file not found")
     try:
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)
-    except Exception as error:  # noqa: BLE001 - nibabel raises several types; report them with the flag
-        raise ValueError(f"{flag} {path}: cannot read the NIfTI file ({error})") from error
-    shape = data.shape
-    if data.ndim == 2 or (data.ndim == 3 and shape[2] == 1):
-        ndim = 2
-    elif data.ndim == 3:
-        ndim = 3
-    else:
-        raise ValueError(f"{flag} {path}: expected a 2D or 3D image, got shape {shape}")
-    array = np.ascontiguousarray(data.reshape(shape[:2] + (1,)) if ndim == 2 else data)
-    return array, np.asarray(image.affine, dtype=np.float64), ndim
+        return loader(path, *args)
+    except Exception as error:  # noqa: BLE001 - nibabel raises several types; report them all with the flag
+        raise ValueError(f"{flag} {path}: {error}") from error
 
 
-def _same_grid(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
-    """Same shape and affine (within the NIfTI float32 precision used by the datasets)."""
-    return a[0].shape == b[0].shape and bool(np.allclose(a[1], b[1], rtol=1e-5, atol=datasets.AFFINE_ATOL_MM))
+def _read_image(path: str | Path, flag: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Image as 3 axes (a 2D image as ``[H, W, 1]``, float32, values as stored), its affine and its own ndim."""
+    array, affine = _read(path, flag, load_image)
+    if array.ndim != 3:
+        raise ValueError(f"{flag} {path}: expected a 2D or 3D image, got shape {array.shape}")
+    return array, affine, 2 if array.shape[2] == 1 else 3
 
 
-def _labels(path: str | Path, flag: str, image: tuple[np.ndarray, np.ndarray], image_flag: str,
+def _labels(path: str | Path, flag: str, image_path: str | Path, image: tuple[np.ndarray, np.ndarray],
             num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """A label map on its image's grid with whole values in ``0..num_classes-1``, as int64."""
-    array, affine, _ = _read_volume(path, flag)
-    if not _same_grid((array, affine), image):
-        raise ValueError(f"{flag} {path}: shape {array.shape} and affine must match the image given with "
-                         f"{image_flag} (shape {image[0].shape})")
-    if array.dtype.kind == "f" and not (np.all(np.isfinite(array)) and np.array_equal(array, np.round(array))):
-        raise ValueError(f"{flag} {path}: label values must be whole numbers")
-    labels = array.astype(np.int64)
-    if num_classes is not None and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{flag} {path}: label values must lie in 0..{num_classes - 1} (the model's "
-                         f"{num_classes} classes), found {sorted(np.unique(labels).tolist())[:12]}")
+    """A label map on the grid of the image ``(array, affine)`` read from ``image_path``, with whole values in
+    ``0..num_classes-1``, as int64."""
+    labels, affine = _read(path, flag, load_labels, num_classes)
+    try:
+        check_same_grid(Path(path), (labels.shape, affine), Path(image_path), (image[0].shape, image[1]))
+    except ValueError as error:
+        raise ValueError(f"{flag} {error}") from error
     return labels, affine
 
 
@@ -114,27 +105,24 @@ def read_pair(fixed: str | Path, moving: str | Path, *, fixed_labels: str | Path
     """
     if intensity not in INTENSITY_MODES:
         raise ValueError(f"--intensity must be one of {tuple(INTENSITY_MODES)}, got {intensity!r}")
-    fixed_image, affine_f, ndim = _read_volume(fixed, "--fixed")
-    moving_image, affine_m, moving_ndim = _read_volume(moving, "--moving")
+    fixed_image, affine_f, ndim = _read_image(fixed, "--fixed")
+    moving_image, affine_m, moving_ndim = _read_image(moving, "--moving")
     if moving_ndim != ndim:
         raise ValueError(f"--moving {moving}: a {moving_ndim}D image cannot be registered to the {ndim}D --fixed "
                          f"image {fixed}")
-    same = _same_grid((fixed_image, affine_f), (moving_image, affine_m))
+    same = fixed_image.shape == moving_image.shape and same_affine(affine_f, affine_m)
     if not same and not resample:
         raise ValueError(f"--no-resample: the --fixed image {fixed} (shape {fixed_image.shape[:ndim]}) and the "
                          f"--moving image {moving} (shape {moving_image.shape[:ndim]}) are on different grids "
                          f"(shape or affine); drop --no-resample to resample the moving image onto the fixed grid")
     grid = datasets.Grid(tuple(fixed_image.shape), affine_f)
     out: dict[str, Any] = {
-        "fixed": INTENSITY_MODES[intensity](fixed_image.astype(np.float32)),
-        "moving": datasets.resample_volume(INTENSITY_MODES[intensity](moving_image.astype(np.float32)), affine_m,
-                                           grid, order=1),
+        "fixed": INTENSITY_MODES[intensity](fixed_image),
+        "moving": datasets.resample_volume(INTENSITY_MODES[intensity](moving_image), affine_m, grid, order=1),
     }
     if _both(fixed_labels, moving_labels, "labels"):
-        out["fixed_labels"] = _labels(fixed_labels, "--fixed-labels", (fixed_image, affine_f), "--fixed",
-                                      num_classes)[0]
-        labels, affine = _labels(moving_labels, "--moving-labels", (moving_image, affine_m), "--moving",
-                                 num_classes)
+        out["fixed_labels"] = _labels(fixed_labels, "--fixed-labels", fixed, (fixed_image, affine_f), num_classes)[0]
+        labels, affine = _labels(moving_labels, "--moving-labels", moving, (moving_image, affine_m), num_classes)
         out["moving_labels"] = datasets.resample_volume(labels, affine, grid, order=0)
     if _both(fixed_keypoints, moving_keypoints, "keypoints"):
         points_f = _keypoints(fixed_keypoints, "--fixed-keypoints", ndim)

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from .hyperparams import join_hyperparams
-from .identification import TOLERANCE, best_index, objective, score_displacements
+from .identification import TOLERANCE, best_index, evaluate_pair, objective
 
 __all__ = ["Refinement", "evaluate_vectors", "neighbours", "refine_vector"]
 
@@ -42,23 +42,12 @@ class Refinement:
     evaluations: int
 
 
-@torch.inference_mode()
 def evaluate_vectors(model: torch.nn.Module, items: Sequence[dict[str, Any]], hyper: torch.Tensor,
-                     num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+                     num_classes: int, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class Dice and TRE (mm) of the spatial ``model`` at ``K`` vectors ``hyper`` ``[K, 2C]`` on every item
-    (one pass of K samples per pair): float64 ``([P, K, C], [P, K, C])``."""
-    device = next(model.parameters()).device
-    hyper = hyper.to(device, torch.float32)
-    count = hyper.shape[0]
-    dice, tre = [], []
-    for item in items:
-        moving, fixed = item["moving"][None].to(device), item["fixed"][None].to(device)
-        displacement = model(moving.expand(count, *moving.shape[1:]), fixed.expand(count, *fixed.shape[1:]),
-                             hyper).displacement
-        scores = score_displacements(displacement, item, num_classes)
-        dice.append(scores["dice"].cpu())
-        tre.append(scores["tre_mm"].cpu())
-    return torch.stack(dice), torch.stack(tre)
+    (:func:`identification.evaluate_pair`, ``batch`` vectors per forward pass): float64 ``([P, K, C], [P, K, C])``."""
+    scores = [evaluate_pair(model, item, hyper, num_classes, batch) for item in items]
+    return torch.stack([s["dice"] for s in scores]), torch.stack([s["tre_mm"] for s in scores])
 
 
 def neighbours(lam: float, mu: float, step: float) -> list[tuple[float, float]]:
@@ -81,15 +70,16 @@ def refine_vector(model: torch.nn.Module, items: Sequence[dict[str, Any]], lam: 
     num_classes = lam.numel()
     higher = criterion == "dice"
 
-    def scores(vectors: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def evaluate(vectors: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         hyper = join_hyperparams(torch.stack([v[0] for v in vectors]), torch.stack([v[1] for v in vectors]))
-        return objective(*evaluate_vectors(model, items, hyper, num_classes), criterion)
+        return evaluate_vectors(model, items, hyper, num_classes)
 
     def better(a: float, b: float) -> bool:
         return a > b if higher else a < b
 
     start = (lam.to(torch.float64).clone(), mu.to(torch.float64).clone())
-    start_score = float(scores([start])[0])
+    start_dice, start_tre = evaluate([start])
+    start_score = float(objective(start_dice, start_tre, criterion)[0])
     current, current_score, evaluations, done = start, start_score, 1, 0
     for done in range(1, sweeps + 1):
         improved = False
@@ -101,7 +91,7 @@ def refine_vector(model: torch.nn.Module, items: Sequence[dict[str, Any]], lam: 
                 candidates.append(candidate)
             if not candidates:
                 continue
-            values = scores(candidates)
+            values = objective(*evaluate(candidates), criterion)
             evaluations += len(candidates)
             best = best_index(values, torch.ones_like(values, dtype=torch.bool), higher)
             if better(float(values[best]), current_score):
@@ -109,11 +99,10 @@ def refine_vector(model: torch.nn.Module, items: Sequence[dict[str, Any]], lam: 
         if not improved:
             step /= 2.0
     # Scores above came from batches of candidates; compare start and end each evaluated alone, as a caller would.
-    final_score = float(scores([current])[0])
+    dice, tre = evaluate([current])
+    final_score = float(objective(dice, tre, criterion)[0])
     evaluations += 1
     if not better(final_score, start_score):
-        current, final_score = start, start_score
-    hyper = join_hyperparams(current[0][None], current[1][None])
-    dice, tre = evaluate_vectors(model, items, hyper, num_classes)
+        current, final_score, dice, tre = start, start_score, start_dice, start_tre
     return Refinement(current[0], current[1], start_score, final_score, dice[:, 0].nanmean(0), tre[:, 0].nanmean(0),
                       done, evaluations)
