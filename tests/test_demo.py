@@ -57,3 +57,16 @@ def test_verdict_compares_means_and_ranks_stiffness_by_lam_plus_mu(tmp_path):
     assert verdict.tissue_beats_global["tissue_subject"] == {"epe_mm": False, "tre_mm": False}
     assert verdict.stiffness_order == ("bone", "liver", "soft_tissue", "lung")
     assert verdict.bone_stiffest
+
+
+def test_the_3d_preset_runs_every_stage_at_a_tiny_size(tmp_path):
+    out = tmp_path / "demo3d"
+    assert demo.main(["--full", "--out", str(out), "--size", "16", "--subjects", "4", "--val", "1", "--test", "1",
+                      "--steps", "2", "--spatial-steps", "2", "--grid-step", "0.5", "--device", "cpu"]) == 0
+    with (out / "inference" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["method"] for row in rows} == {"global", "tissue_population", "tissue_subject"}
+    import nibabel as nib
+
+    field = nib.load(next((out / "inference" / "global").glob("disp_*.nii.gz")))
+    assert field.shape == (16, 16, 16, 3)
