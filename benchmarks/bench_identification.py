@@ -6,10 +6,12 @@ Usage::
 
 Times :func:`identification.evaluate_pair` (forward passes of the global model, nearest warping of the labels,
 per-class Dice and TRE) on one synthetic 2D 128x128 pair over the 66-point simplex grid (step 0.1) with
-``--grid-batch`` 1 (one grid point per forward pass), 8, 16 and 66. The default-width global model is untrained
+``--grid-batch`` 1 (one grid point per forward pass), 4, 8, 16 and 66. The default-width global model is untrained
 (weights do not change the cost). Variants run round-robin after a warm-up, so background load hits them alike;
 the median over ``--repeats`` is reported with the minimum and the paired speedup (median over rounds of
-unbatched / batched time of the same round). The issue asks for batched >= 2x faster than unbatched. Then the
+unbatched / batched time of the same round). The issue asks for batched >= 2x faster than unbatched: a GPU
+(``--device cuda``) meets it many times over; on the CPU one point per pass already keeps the cores busy, and
+only small batches gain (hence ``identification.default_grid_batch``). Then the
 per-point cost on 3D 96x96x96, a few points only (one warm-up point): one point per pass, and ``--points-3d``
 points in one pass. ``--quick`` shrinks everything to a smoke run (2D 64x64, 3D 48^3, one repeat). Prints a
 table and writes ``benchmarks/results/identification.json``.
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     grid = simplex_grid(0.1)
     model = HyperVxmDense(shape_2d, 2).to(device).eval()
     item = synthetic_pair(shape_2d, NUM_CLASSES, KEYPOINTS)
-    variants = {f"2d batch {b}": (grid, b) for b in (1, 8, 16, grid.shape[0])}
+    variants = {f"2d batch {b}": (grid, b) for b in (1, 4, 8, 16, grid.shape[0])}
     samples = time_variants(model, item, variants, repeats, device)
     for name, (_, batch) in variants.items():
         results.append(_record(name, shape_2d, grid.shape[0], batch, samples[name]))
@@ -111,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {"benchmark": "identification grid search: evaluate_pair batched vs one grid point per forward pass",
               "device": str(device), "threads": torch.get_num_threads(), "quick": args.quick, "repeats": repeats,
               "num_classes": NUM_CLASSES, "machine": machine, "results": results,
-              "targets_met": {f"batched >= {TARGET_SPEEDUP}x unbatched (2D, paired)": best >= TARGET_SPEEDUP}}
+              "targets_met": {f"batched >= {TARGET_SPEEDUP}x unbatched (2D, paired, {device.type})":
+                              best >= TARGET_SPEEDUP}}
     write_results(report, args.out)
     return 0
 

@@ -25,9 +25,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import MIB, markdown_table  # noqa: E402
-from hypermorph_spatially_adaptive.runtime import atomic_write_text  # noqa: E402
+from hypermorph_spatially_adaptive.runtime import atomic_write_text, resolve_device  # noqa: E402
 
-__all__ = ["RENDERERS", "benchmark_scripts", "render_regularizers", "render_model", "render_scaling",
+__all__ = ["RENDERERS", "benchmark_scripts", "results_file", "render_regularizers", "render_model", "render_scaling",
            "render_identification", "render_inference", "render_report", "main"]
 
 BENCH_DIR = ROOT / "benchmarks"
@@ -54,9 +54,12 @@ What is measured:
 - **Inference** (`bench_inference.py`): time per pair (forward + integration) and metric computation.
 
 All timings are wall time on a possibly shared machine: the machine table gives the load average when each
-benchmark started. Rerun with `make bench` (all benchmarks, full size), `python benchmarks/run_all.py --quick`
-(a smoke run), `python benchmarks/run_all.py --only scaling` (one benchmark), or
-`python benchmarks/run_all.py --report-only` (only this file).
+benchmark started. A results file `<name>_cuda.json` holds the same benchmark on a GPU (`run_all.py --device
+cuda` writes those, keeping the CPU files); its section follows the CPU one.
+
+Rerun with `make bench` (all benchmarks, full size), `python benchmarks/run_all.py --quick` (a smoke run),
+`python benchmarks/run_all.py --only scaling` (one benchmark), or `python benchmarks/run_all.py --report-only`
+(only this file).
 """
 
 
@@ -238,10 +241,19 @@ def render_report(results_dir: Path) -> str:
                 markdown_table(["results file", "device", "CPU / GPU", "cores", "torch threads", "torch",
                                 "load avg (1 min)", "date (UTC)", "quick"], machines, digits=2)
                 if machines else "No results yet."]
+    rendered = set()
     for name, (title, render) in RENDERERS.items():
-        sections.append(f"## {title}\n\n`benchmarks/results/{name}` (`bench_{name[:-5]}.py`)")
+        stem = name[:-5]
+        sections.append(f"## {title}\n\n`benchmarks/results/{name}` (`bench_{stem}.py`)")
         sections.append(render(loaded[name]) if name in loaded else "Not yet measured.")
-    unknown = sorted(set(loaded) - set(RENDERERS))
+        # The same benchmark on another device: results/<stem>_<device>.json (see results_file)
+        for other in sorted(n for n in loaded if n.startswith(stem + "_")):
+            device = other[len(stem) + 1:-5]
+            sections.append(f"### {title}, on {device.upper()}\n\n`benchmarks/results/{other}`")
+            sections.append(render(loaded[other]))
+            rendered.add(other)
+        rendered.add(name)
+    unknown = sorted(set(loaded) - rendered)
     if unknown:
         sections.append("## Other results files\n\nNo renderer in `benchmarks/run_all.py` knows these; see the "
                         "JSON:\n\n" + "\n".join(f"- `benchmarks/results/{name}`" for name in unknown))
@@ -255,8 +267,17 @@ def benchmark_scripts(bench_dir: Path = BENCH_DIR) -> dict[str, Path]:
     return {path.stem[len("bench_"):]: path for path in sorted(bench_dir.glob("bench_*.py"))}
 
 
+def results_file(name: str, device: str) -> Path:
+    """Where benchmark ``name`` writes on ``device``: ``results/<name>.json`` on the CPU, else
+    ``results/<name>_<device type>.json`` (e.g. ``model_cuda.json``), so that GPU runs keep the CPU figures."""
+    kind = device.split(":")[0]
+    return RESULTS_DIR / (f"{name}.json" if kind == "cpu" else f"{name}_{kind}.json")
+
+
 def _run(name: str, script: Path, args: argparse.Namespace) -> tuple[int, float]:
-    command = [sys.executable, str(script), "--threads", str(args.threads), "--device", args.device]
+    device = str(resolve_device(args.device))
+    command = [sys.executable, str(script), "--threads", str(args.threads), "--device", args.device,
+               "--out", str(results_file(name, device))]
     if args.quick:
         command.append("--quick")
     print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)

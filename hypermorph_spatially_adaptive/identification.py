@@ -23,13 +23,15 @@ from typing import Any, Sequence
 
 import torch
 
-from .identification_scoring import ScoringTargets, class_tre, evaluate_pair, score_displacements, scoring_targets
+from .identification_scoring import (ScoringTargets, class_tre, default_grid_batch, evaluate_pair,
+                                     score_displacements, scoring_targets)
 from .parameter_table import GLOBAL, POPULATION, ParameterRow
 from .runtime import atomic_write_csv
 
 __all__ = ["GRID_COLUMNS", "EVAL_COLUMNS", "CRITERIA", "BACKGROUND_POLICIES", "GridScores", "simplex_grid",
            "value_grid", "parse_values", "grid_index", "class_tre", "ScoringTargets", "scoring_targets",
-           "score_displacements", "evaluate_pair", "write_grid_scores", "read_grid_scores", "merge_grid_scores",
+           "score_displacements", "evaluate_pair", "default_grid_batch", "write_grid_scores", "read_grid_scores",
+           "merge_grid_scores",
            "objective", "scope_class_scores", "class_criterion", "best_index", "choose_parameters", "parse_shard",
            "shard_pair_ids"]
 

@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from .checkpoints import ModelInfo, load_trained_model
 from .cli import HelpFormatter, add_data_args, add_run_args, dataset_options, open_dataset, run_stage, write_config
-from .identification import (BACKGROUND_POLICIES, CRITERIA, GridScores, choose_parameters, evaluate_pair,
-                             merge_grid_scores, parse_shard, parse_values, read_grid_scores, shard_pair_ids,
-                             simplex_grid, value_grid, write_grid_scores)
+from .identification import (BACKGROUND_POLICIES, CRITERIA, GridScores, choose_parameters, default_grid_batch,
+                             evaluate_pair, merge_grid_scores, parse_shard, parse_values, read_grid_scores,
+                             shard_pair_ids, simplex_grid, value_grid, write_grid_scores)
 from .identification_figures import summary_markdown, write_scope_figures
 from .parameter_table import GLOBAL, POPULATION, POPULATION_REFINED, ParameterRow, write_parameters
 from .refinement import Refinement, refine_vector
@@ -69,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder of label maps named like the dataset's label files (e.g. automatic "
                             "segmentations) that choose the parameters; the dataset's labels still score them "
                             "(grid_scores.csv columns dice_eval, tre_mm_eval)")
-    group.add_argument("--grid-batch", type=int, default=16,
-                       help="grid points per forward pass (they share one kernel generation); lower it for large 3D "
-                            "volumes, each point needs several hundred MB at 96^3")
+    group.add_argument("--grid-batch", type=int, default=None,
+                       help="grid points per forward pass (default 16 on CUDA, 4 on the CPU, where larger batches "
+                            "are slower); lower it for large 3D volumes, each point needs several hundred MB at 96^3")
     group.add_argument("--max-pairs", type=int, default=None, help="use the first N pairs (sorted by id)")
     group.add_argument("--subject-figures", type=int, default=3, help="draw the subject scopes of the first N pairs")
     group.add_argument("--resume", action="store_true", help="skip pairs finished by an interrupted run in --out")
@@ -114,7 +114,7 @@ class _Plan:
 def _check_numbers(args: argparse.Namespace) -> None:
     for flag, value, low in (("--grid-batch", args.grid_batch, 1), ("--subject-figures", args.subject_figures, 0),
                              ("--refine-sweeps", args.refine_sweeps, 1)):
-        if value < low:
+        if value is not None and value < low:
             raise ValueError(f"{flag} must be >= {low}, got {value}")
     if args.max_pairs is not None and args.max_pairs < 1:
         raise ValueError(f"--max-pairs must be >= 1, got {args.max_pairs}")
@@ -229,6 +229,7 @@ def _read_shards(args: argparse.Namespace) -> tuple[GridScores, dict[str, Any]]:
 def _prepare(args: argparse.Namespace) -> _Plan:
     _check_numbers(args)
     device = resolve_device(args.device)
+    args.grid_batch = args.grid_batch or default_grid_batch(device)  # config.json records the value used
     if args.merge:
         merged, options = _read_shards(args)
         if args.criterion == "tre" and not bool(torch.isfinite(merged.tre_mm).any()):

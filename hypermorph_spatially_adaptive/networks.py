@@ -26,8 +26,10 @@ from .transform import integrate_velocity, warp
 __all__ = ["RegistrationOutput", "PlainConv", "UNet", "VxmDense", "HyperVxmDense", "spatial_from_global",
            "read_checkpoint", "FORMAT"]
 
-#: Value of the ``format`` key written by :meth:`save`.
-FORMAT = "hypermorph-v1"
+#: Value of the ``format`` key written by :meth:`save`. v2 stores the kernel heads ``[E, out]``
+#: (:class:`~.hypernetwork.LinearHead`); v1 files (``nn.Linear`` heads, ``[out, E]``) are upgraded on reading.
+FORMAT = "hypermorph-v2"
+_HEAD_WEIGHTS = ("weight_head.weight", "bias_head.weight")
 PAD_MODES = ("replicate", "zeros")
 
 
@@ -241,6 +243,14 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, An
     for key in ("model_config", "model_state"):
         if key not in payload:
             raise ValueError(f"{path}: missing key {key!r} (found keys {sorted(map(str, payload))})")
+    version = payload.get("format", FORMAT)
+    if version == "hypermorph-v1":
+        state = {name: value.t().contiguous() if name.endswith(_HEAD_WEIGHTS) else value
+                 for name, value in payload["model_state"].items()}
+        payload = {**payload, "model_state": state, "format": FORMAT, "upgraded_from": version}
+    elif version != FORMAT:
+        raise ValueError(f"{path}: unknown checkpoint format {version!r} (this version reads {FORMAT!r} and "
+                         f"'hypermorph-v1')")
     return payload
 
 

@@ -43,9 +43,10 @@ class Refinement:
 
 
 def evaluate_vectors(model: torch.nn.Module, items: Sequence[dict[str, Any]], hyper: torch.Tensor,
-                     num_classes: int, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+                     num_classes: int, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class Dice and TRE (mm) of the spatial ``model`` at ``K`` vectors ``hyper`` ``[K, 2C]`` on every item
-    (:func:`identification.evaluate_pair`, ``batch`` vectors per forward pass): float64 ``([P, K, C], [P, K, C])``."""
+    (:func:`identification.evaluate_pair`, ``batch`` vectors per forward pass, None: its default): float64
+    ``([P, K, C], [P, K, C])``."""
     scores = [evaluate_pair(model, item, hyper, num_classes, batch) for item in items]
     return torch.stack([s["dice"] for s in scores]), torch.stack([s["tre_mm"] for s in scores])
 

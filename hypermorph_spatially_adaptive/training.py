@@ -280,6 +280,9 @@ def _load_resume(run: _Run, optimizer: torch.optim.Optimizer) -> tuple[int, floa
         state = read_checkpoint(path, map_location="cpu")
     except ValueError as error:
         raise ValueError(f"--resume {error}") from None
+    if "upgraded_from" in state:
+        raise ValueError(f"--resume {path}: a {state['upgraded_from']} checkpoint cannot be resumed (its optimizer "
+                         f"state has the old kernel-head layout); its weights load everywhere else")
     if state.get("model_config") != run.model.config:
         raise ValueError(f"--resume {path}: the checkpoint's model ({state.get('model_config')}) differs from the "
                          f"options given ({run.model.config})")

@@ -165,6 +165,7 @@ def test_report_only_writes_the_markdown_from_a_results_folder(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     (results / "scaling.json").write_text(json.dumps(_scaling_results()))
+    (results / "scaling_cuda.json").write_text(json.dumps({**_scaling_results(), "device": "cuda"}))
     (results / "mystery.json").write_text(json.dumps({"benchmark": "something new"}))
     out = tmp_path / "report" / "BENCHMARKS.md"
     assert run_all.main(["--report-only", "--results", str(results), "--out", str(out)]) == 0
@@ -174,8 +175,16 @@ def test_report_only_writes_the_markdown_from_a_results_folder(tmp_path):
     assert machine[1:6] == ["cpu", "Test CPU", "2", "2", "9.9"]
     inference = text.split("## Inference per pair")[1].split("##")[0]
     assert "Not yet measured." in inference
-    assert "`benchmarks/results/mystery.json`" in text.split("## Other results files")[1]
+    gpu = text.split("### Scaling with image size, on CUDA")[1].split("##")[0]
+    assert "`benchmarks/results/scaling_cuda.json`" in gpu and "| hyper train |" in text.split("on CUDA")[1]
+    other = text.split("## Other results files")[1]
+    assert "`benchmarks/results/mystery.json`" in other and "scaling_cuda" not in other
     assert not (ROOT / "benchmarks" / "results" / "mystery.json").exists()
+
+
+def test_results_of_another_device_go_to_their_own_file():
+    assert run_all.results_file("model", "cpu").name == "model.json"
+    assert run_all.results_file("model", "cuda:1").name == "model_cuda.json"
 
 
 def test_run_all_rejects_an_unknown_benchmark_name(capsys):

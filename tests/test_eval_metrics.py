@@ -417,7 +417,7 @@ def test_metrics_stay_on_the_inputs_device():
     assert tre(torch.ones(3, 2), torch.ones(3, 2), field[:1]).device.type == "cuda"
     cpu = sdlogj(field.cpu())
     torch.testing.assert_close(sdlogj(field).cpu(), cpu, atol=1e-5, rtol=1e-5)
-    assert warp_labels(labels, field.expand(4, -1, -1, -1)).device.type == "cuda"
+    assert warp_labels(labels, field[:1].expand(4, -1, -1, -1)).device.type == "cuda"
 
 
 def test_statistics_from_a_precomputed_determinant_equal_the_field_versions():

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hypermorph_spatially_adaptive.hypernetwork import HyperConv, HyperNetwork, hyper_conv, kaiming_std
+from hypermorph_spatially_adaptive.hypernetwork import HyperConv, HyperNetwork, LinearHead, hyper_conv, kaiming_std
 from hypermorph_spatially_adaptive.hyperparams import sample_hyperparams
 
 
@@ -28,6 +28,18 @@ def test_zero_parameter_vector_is_not_a_dead_input():
     torch.manual_seed(0)
     net = HyperNetwork(2, layers=6, units=128)
     assert net(torch.zeros(1, 2)).abs().sum() > 0
+
+
+def test_linear_head_is_nn_linear_with_the_weight_stored_transposed():
+    torch.manual_seed(0)
+    head = LinearHead(5, 7)
+    with torch.no_grad():
+        head.weight.normal_()
+        head.bias.normal_()
+    embedding = torch.randn(3, 5)
+    expected = F.linear(embedding, head.weight.t(), head.bias)
+    torch.testing.assert_close(head(embedding), expected)
+    assert head.weight.shape == (5, 7)
 
 
 @pytest.mark.parametrize("ndim", [2, 3])

@@ -13,8 +13,8 @@ from hypermorph_spatially_adaptive import identification_stage, refinement
 from hypermorph_spatially_adaptive.checkpoints import load_trained_model
 from hypermorph_spatially_adaptive.evaluation import pair_metrics
 from hypermorph_spatially_adaptive.identification import (GRID_COLUMNS, GridScores, choose_parameters, class_tre,
-                                                          merge_grid_scores, parse_values, read_grid_scores,
-                                                          simplex_grid, write_grid_scores)
+                                                          default_grid_batch, merge_grid_scores, parse_values,
+                                                          read_grid_scores, simplex_grid, write_grid_scores)
 from hypermorph_spatially_adaptive.identification_stage import main
 from hypermorph_spatially_adaptive.parameter_table import COLUMNS, read_parameters
 
@@ -265,6 +265,14 @@ def test_batched_and_unbatched_grids_give_the_same_scores(single_run, base, tmp_
     for name in ("dice", "tre_mm"):
         torch.testing.assert_close(unbatched.metrics[name], batched.metrics[name][:2], rtol=0, atol=1e-5,
                                    equal_nan=True)
+
+
+def test_the_default_grid_batch_depends_on_the_device_and_is_recorded(base, tmp_path):
+    assert default_grid_batch("cpu") == 4 and default_grid_batch(torch.device("cuda", 0)) == 16
+    flags = [flag for i, flag in enumerate(base) if "--grid-batch" not in base[max(i - 1, 0):i + 1]]
+    assert "--grid-batch" not in flags and len(flags) == len(base) - 2
+    assert main([*flags, "--max-pairs", "1", "--shard", "1/1", "--out", str(tmp_path / "auto")]) == 0
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["options"]["grid_batch"] == 4
 
 
 def test_refine_is_never_worse_than_its_start_on_the_tuning_pairs(single_run, phantom_root, models):

@@ -7,7 +7,7 @@ import torch
 
 from hypermorph_spatially_adaptive import HyperVxmDense, RegistrationOutput, VxmDense
 from hypermorph_spatially_adaptive.hypernetwork import HyperConv
-from hypermorph_spatially_adaptive.networks import PlainConv, UNet
+from hypermorph_spatially_adaptive.networks import FORMAT, PlainConv, UNet
 
 TINY = dict(enc_features=(4, 8), dec_features=(8, 8, 4), hyper_layers=2, hyper_units=16)
 
@@ -171,9 +171,28 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
     model.save(path)
     assert os.listdir(path.parent) == ["model.pt"]  # no temp file left behind
     payload = torch.load(path, weights_only=True)
-    assert payload["format"] == "hypermorph-v1" and payload["model_config"] == model.config
+    assert payload["format"] == FORMAT and payload["model_config"] == model.config
     loaded = HyperVxmDense.load(path)
     assert torch.equal(loaded(*inputs).velocity, model(*inputs).velocity)
+
+
+def test_load_upgrades_a_v1_file_with_linear_layout_heads(tmp_path):
+    model = _model((16, 16), flow_std=0.1)
+    inputs = _inputs((16, 16))
+    # v1 stored every head as nn.Linear does: weight [out, E]
+    state = {name: value.t() if name.endswith(("weight_head.weight", "bias_head.weight")) else value
+             for name, value in model.state_dict().items()}
+    torch.save({"model_config": model.config, "model_state": state, "format": "hypermorph-v1"}, tmp_path / "v1.pt")
+    loaded = HyperVxmDense.load(tmp_path / "v1.pt")
+    assert torch.equal(loaded(*inputs).velocity, model(*inputs).velocity)
+
+
+def test_load_rejects_an_unknown_format(tmp_path):
+    model = _model((16, 16))
+    torch.save({"model_config": model.config, "model_state": model.state_dict(), "format": "hypermorph-v9"},
+               tmp_path / "future.pt")
+    with pytest.raises(ValueError, match=r"future\.pt.*unknown checkpoint format 'hypermorph-v9'"):
+        HyperVxmDense.load(tmp_path / "future.pt")
 
 
 def test_load_accepts_a_training_checkpoint_with_rng_states(tmp_path):

@@ -74,6 +74,20 @@ def test_resume_gives_the_same_weights_as_a_straight_run(phantom_root, tmp_path,
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [3, 6]  # each run logs its last step; the resumed run appends
 
 
+def test_resume_refuses_a_v1_checkpoint_whose_optimizer_has_the_old_head_layout(phantom_root, tmp_path, tiny_flags,
+                                                                               capsys):
+    common = [*tiny_flags, "--val-split", "none"]
+    _train("global", phantom_root, tmp_path / "run", common, "--steps", "1")
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["format"] = "hypermorph-v1"
+    torch.save(checkpoint, path)
+    with pytest.raises(SystemExit) as exit_info:
+        _train("global", phantom_root, tmp_path / "run", common, "--steps", "2", "--resume")
+    assert exit_info.value.code == 2
+    assert "hypermorph-v1 checkpoint cannot be resumed" in capsys.readouterr().err
+
+
 def test_a_second_run_into_the_same_folder_needs_resume(phantom_root, tmp_path, tiny_flags, capsys):
     _train("global", phantom_root, tmp_path / "run", tiny_flags, "--steps", "1", "--val-split", "none")
     with pytest.raises(SystemExit) as exit_info:
@@ -139,8 +153,9 @@ def test_unknown_config_key_is_rejected(tmp_path, capsys):
 
 
 def _script_env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return env
+    # Keep an existing PYTHONPATH: dependencies may be installed through it rather than into the interpreter.
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
 
 
 def test_sigkill_during_training_leaves_a_loadable_checkpoint(phantom_root, tmp_path, tiny_flags):
