@@ -2,8 +2,9 @@
 
 Usage::
 
-    python benchmarks/bench_model.py [--device cpu] [--repeats 3] [--size-2d 192 192] [--size-3d 96 64 96]
-                                     [--cases 2d_b1 2d_b4 3d_b1] [--alternatives] [--quick] [--threads N]
+    python benchmarks/bench_model.py [--device cpu] [--repeats 3] [--processes 3] [--size-2d 192 192]
+                                     [--size-3d 96 64 96] [--cases 2d_b1 2d_b4 3d_b1] [--alternatives] [--quick]
+                                     [--threads N]
 
 One step = forward, loss (``objective.registration_loss`` of the global model: NCC weighted by ``1 - lam - mu``
 per sample + ``regularizers.elastic_energy`` of the velocity with per-sample lam, mu), backward, Adam step.
@@ -11,7 +12,10 @@ Cases: ``2d_b1`` (2D, batch 1), ``2d_b4`` (2D, batch 4, a different parameter ve
 grouped-convolution path), ``2d_b4_shared`` (batch 4, one vector for all: the shared-kernel path), ``3d_b1``. The hyper and plain models (default widths, 7 integration steps)
 run round-robin in one process, so load from other processes affects both alike; the median over
 ``--repeats`` steps (after ``--warmup``) is reported, with the minimum (least disturbed by other processes) and
-the median of the per-round ratios hyper/plain ("paired").
+the median of the per-round ratios hyper/plain ("paired"). On a shared machine the ratio also changes from one
+process to the next (memory placement, neighbours), so each case runs in ``--processes`` fresh processes and the
+reported figures are medians over them, with every process's paired ratio kept (``--processes 1``: in this
+process).
 Adam is the fused implementation by default (``--adam foreach`` for torch's default one): the hyper model has
 ~14M (2D) / ~42M (3D) parameters, mostly the kernel heads, and foreach Adam's temporaries dominate its step on
 CPU. ``--alternatives`` also times the batched cases with the hyper-convolutions run as a Python loop over
@@ -21,6 +25,7 @@ Prints a table and writes JSON to ``benchmarks/results/model.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -34,7 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (add_common_args, format_table, machine_info, resolve_benchmark_device,  # noqa: E402
-                               timed, write_results)
+                               run_child, timed, write_results)
 from hypermorph_spatially_adaptive import HyperVxmDense, VxmDense, sample_hyperparams  # noqa: E402
 from hypermorph_spatially_adaptive import hypernetwork  # noqa: E402
 from hypermorph_spatially_adaptive.objective import registration_loss  # noqa: E402
@@ -130,6 +135,28 @@ def run_case(case: str, shape: tuple[int, ...], batch: int, shared: bool, device
     return result
 
 
+def combine_processes(runs: list[dict]) -> dict:
+    """One case's result from several processes' :func:`run_case` results: medians over the processes of their
+    medians, minima and ratios; ``paired_ratio_per_process`` keeps each process's paired ratio."""
+    failed = [r["error"] for r in runs if "error" in r]
+    runs = [r for r in runs if "error" not in r]
+    if not runs:
+        raise RuntimeError(f"every process failed: {failed}")
+    first = runs[0]
+    names = first["ms_per_step"].keys()
+    result = {key: first[key] for key in ("case", "shape", "batch", "shared_parameters", "parameters")}
+    result["ms_per_step"] = {n: statistics.median(r["ms_per_step"][n] for r in runs) for n in names}
+    result["min_ms_per_step"] = {n: min(r["min_ms_per_step"][n] for r in runs) for n in names}
+    for key in ("ratio_hyper_over_plain", "ratio_of_minima", "median_paired_ratio", "ratio_loop_over_grouped"):
+        if key in first:
+            result[key] = statistics.median(r[key] for r in runs)
+    result["paired_ratio_per_process"] = [r["median_paired_ratio"] for r in runs]
+    result["processes"] = len(runs)
+    if failed:
+        result["failed_processes"] = failed
+    return result
+
+
 def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -143,10 +170,14 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argpars
                         help="also time the per-sample loop instead of the grouped conv for batch > 1")
     parser.add_argument("--adam", choices=("fused", "foreach"), default="fused",
                         help="Adam implementation (fused: one kernel per step, no temporaries)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="fresh processes per case, medians over them (default 3, --quick 1; 1: in this process)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
-    if args.repeats < 1 or args.warmup < 0:
-        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    args.processes = args.processes if args.processes is not None else (1 if args.quick else 3)
+    if args.repeats < 1 or args.warmup < 0 or args.processes < 1:
+        parser.error("--repeats and --processes must be >= 1 and --warmup >= 0")
     return parser, args
 
 
@@ -155,30 +186,45 @@ def _row(r: dict) -> list:
     return [r["case"], "x".join(map(str, r["shape"])), r["batch"], f"{ms['hyper']:.1f} ({lo['hyper']:.0f})",
             f"{ms['plain']:.1f} ({lo['plain']:.0f})",
             f"{r['ratio_hyper_over_plain']:.2f} ({r['ratio_of_minima']:.2f})", f"{r['median_paired_ratio']:.2f}",
+            " ".join(f"{v:.2f}" for v in r.get("paired_ratio_per_process", [])) or "-",
             f"{ms['hyper_loop']:.1f}" if "hyper_loop" in ms else "-"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, args = _parse(argv)
     device = resolve_benchmark_device(parser, args)
+    if args.child:
+        case = json.loads(args.child)
+        shape, batch, shared = _case_shape(case, args.size_2d, args.size_3d)
+        print(json.dumps(run_case(case, shape, batch, shared, device, args.repeats, args.warmup, args.alternatives,
+                                  args.adam)))
+        return 0
     machine = machine_info(device)
     results = []
     print(f"elastic loss: {ELASTIC}; device {device}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
-          f"adam {args.adam}; median (min) of {args.repeats} steps")
+          f"adam {args.adam}; median (min) of {args.repeats} steps, {args.processes} process(es) per case")
     for case in args.cases:
         shape, batch, shared = _case_shape(case, args.size_2d, args.size_3d)
-        r = run_case(case, shape, batch, shared, device, args.repeats, args.warmup, args.alternatives, args.adam)
+        if args.processes == 1:
+            r = run_case(case, shape, batch, shared, device, args.repeats, args.warmup, args.alternatives, args.adam)
+        else:
+            extra = ["--repeats", str(args.repeats), "--warmup", str(args.warmup), "--adam", args.adam,
+                     "--size-2d", *map(str, args.size_2d), "--size-3d", *map(str, args.size_3d),
+                     *(["--alternatives"] if args.alternatives else [])]
+            r = combine_processes([run_child(__file__, case, shape, {}, args, device, extra)
+                                   for _ in range(args.processes)])
         results.append(r)
         print(f"{case}: hyper {r['ms_per_step']['hyper']:.1f} ms, plain {r['ms_per_step']['plain']:.1f} ms",
               flush=True)
     print(format_table(["case", "shape", "B", "hyper ms (min)", "plain ms (min)", "ratio (of minima)", "paired",
-                        "loop ms"], [_row(r) for r in results]))
+                        "paired per process", "loop ms"], [_row(r) for r in results]))
     report = {
         "benchmark": "training step (forward, NCC + elastic, backward, Adam) HyperVxmDense vs plain U-Net",
         "machine": machine, "quick": args.quick,
         "elastic_loss": ELASTIC, "device": str(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "platform": machine["platform"], "processor": machine["cpu_model"],
-        "repeats": args.repeats, "warmup": args.warmup, "adam": args.adam, "results": results,
+        "repeats": args.repeats, "warmup": args.warmup, "processes": args.processes, "adam": args.adam,
+        "results": results,
     }
     write_results(report, args.out)
     return 0

@@ -114,15 +114,19 @@ def render_model(data: dict) -> str:
     for r in data.get("results", []):
         ms = r.get("ms_per_step", {})
         params = r.get("parameters", {})
+        per_process = " ".join(f"{v:.2f}" for v in r.get("paired_ratio_per_process", [])) or None
         rows.append([r.get("case"), _shape(r.get("shape", [])), r.get("batch"), ms.get("hyper"), ms.get("plain"),
-                     r.get("ratio_hyper_over_plain"), r.get("median_paired_ratio"), ms.get("hyper_loop"),
+                     r.get("ratio_hyper_over_plain"), r.get("median_paired_ratio"), per_process, ms.get("hyper_loop"),
                      _ratio(params.get("hyper"), 1e6), _ratio(params.get("plain"), 1e6)])
     return "\n\n".join([
         f"Training step (forward, NCC + elastic, backward, {data.get('adam', '')} Adam); "
-        f"{_setting(data, 'repeats', 'device')}; median ms per step. `b4`: batch 4 with a different parameter "
-        "vector per sample; `b4_shared`: one vector for the batch; loop: hyper-convolutions as a per-sample loop.",
-        markdown_table(["case", "shape", "batch", "hyper ms", "plain ms", "hyper / plain", "paired ratio", "loop ms",
-                        "hyper params (M)", "plain params (M)"], rows, digits=(0, 0, 0, 1, 1, 2, 2, 1, 2, 3))])
+        f"{_setting(data, 'repeats', 'processes', 'device')}; median ms per step (over processes: the median of "
+        "each process's median). `b4`: batch 4 with a different parameter vector per sample; `b4_shared`: one "
+        "vector for the batch; paired: median of hyper / plain over rounds run back to back; loop: "
+        "hyper-convolutions as a per-sample loop.",
+        markdown_table(["case", "shape", "batch", "hyper ms", "plain ms", "hyper / plain", "paired ratio",
+                        "paired ratio per process", "loop ms", "hyper params (M)", "plain params (M)"], rows,
+                       digits=(0, 0, 0, 1, 1, 2, 2, 0, 1, 2, 3))])
 
 
 def _scaling_pivot(records: list[dict], value: Callable[[dict], float | None]) -> list[list]:

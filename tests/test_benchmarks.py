@@ -131,10 +131,29 @@ def test_regularizer_and_model_renderers_table_each_variant():
     model = {"adam": "fused", "repeats": 3, "device": "cpu",
              "results": [{"case": "3d_b1", "shape": [96, 64, 96], "batch": 1,
                           "ms_per_step": {"hyper": 300.0, "plain": 250.0}, "ratio_hyper_over_plain": 1.2,
-                          "median_paired_ratio": 1.19, "parameters": {"hyper": 42_000_000, "plain": 327_000}}]}
+                          "median_paired_ratio": 1.19, "paired_ratio_per_process": [1.19, 1.25],
+                          "parameters": {"hyper": 42_000_000, "plain": 327_000}}]}
     row = _table_rows(run_all.render_model(model), "3d_b1")[0]
     assert row[1:6] == ["96x64x96", "1", "300.0", "250.0", "1.20"]
-    assert row[7] == "-"  # no loop variant measured
+    assert row[7] == "1.19 1.25" and row[8] == "-"  # no loop variant measured
+
+
+def test_model_benchmark_combines_processes_by_their_medians():
+    bench_model = _load("bench_model")
+
+    def run(ms_hyper, paired):
+        return {"case": "2d_b1", "shape": [8, 8], "batch": 1, "shared_parameters": False, "parameters": {},
+                "ms_per_step": {"hyper": ms_hyper, "plain": 10.0}, "min_ms_per_step": {"hyper": ms_hyper - 1,
+                                                                                       "plain": 9.0},
+                "ratio_hyper_over_plain": ms_hyper / 10.0, "ratio_of_minima": (ms_hyper - 1) / 9.0,
+                "median_paired_ratio": paired}
+
+    combined = bench_model.combine_processes([run(12.0, 1.2), run(15.0, 1.4), run(13.0, 1.25),
+                                              {"error": "killed"}])
+    assert combined["ms_per_step"] == {"hyper": 13.0, "plain": 10.0}
+    assert combined["min_ms_per_step"]["hyper"] == 11.0
+    assert combined["median_paired_ratio"] == 1.25 and combined["paired_ratio_per_process"] == [1.2, 1.4, 1.25]
+    assert combined["processes"] == 3 and combined["failed_processes"] == ["killed"]
 
 
 def test_inference_renderer_tables_each_size_and_skips_missing_memory():
