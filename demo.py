@@ -6,10 +6,10 @@
     python demo.py --steps 50 ...    # any stage setting can be overridden (see --help)
 
 Stages: phantom data -> global model -> spatially adaptive model -> parameter identification (population on the
-validation pairs; subject-specific on each test pair) -> inference on the test pairs -> summary. A rerun skips finished stages and resumes training, so an interrupted
-demo continues where it stopped. The last step checks the paper's claim on this data: tissue-specific parameters
-beat the best global ones on end-point error and TRE (and the control, the spatial model at the global pair), and
-the identified stiffness ranks bone first.
+validation pairs; subject-specific on each test pair) -> inference on the test pairs -> summary. A rerun skips
+finished stages and resumes training, so an interrupted demo continues where it stopped. The last step checks the
+paper's claim on this data: tissue-specific parameters beat the best global ones on end-point error and TRE (and
+the control, the spatial model at the global pair), and the identified stiffness ranks bone first.
 """
 from __future__ import annotations
 

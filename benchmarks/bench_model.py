@@ -9,8 +9,9 @@ Usage::
 One step = forward, loss (``objective.registration_loss`` of the global model: NCC weighted by ``1 - lam - mu``
 per sample + ``regularizers.elastic_energy`` of the velocity with per-sample lam, mu), backward, Adam step.
 Cases: ``2d_b1`` (2D, batch 1), ``2d_b4`` (2D, batch 4, a different parameter vector per sample: the
-grouped-convolution path), ``2d_b4_shared`` (batch 4, one vector for all: the shared-kernel path), ``3d_b1``. The hyper and plain models (default widths, 7 integration steps)
-run round-robin in one process, so load from other processes affects both alike; the median over
+grouped-convolution path), ``2d_b4_shared`` (batch 4, one vector for all: the shared-kernel path), ``3d_b1``. The
+hyper and plain models (default widths, 7 integration steps) run round-robin in one process, so load from other
+processes affects both alike; the median over
 ``--repeats`` steps (after ``--warmup``) is reported, with the minimum (least disturbed by other processes) and
 the median of the per-round ratios hyper/plain ("paired"). On a shared machine the ratio also changes from one
 process to the next (memory placement, neighbours), so each case runs in ``--processes`` fresh processes and the

@@ -79,6 +79,7 @@ def judge(metrics_csv: str | Path, parameters_csv: str | Path) -> DemoVerdict:
     lam, mu = table.values(POPULATION)
     stiffness = {name: float(l + m) for name, l, m in zip(table.class_names, lam, mu) if name != "background"}
     order = tuple(sorted(stiffness, key=lambda name: -stiffness[name]))
+
     def beats(baseline: str) -> dict[str, dict[str, bool]]:
         return {method: {key: means[method][key] < means[baseline][key] for key in ("epe_mm", "tre_mm")}
                 for method in METHODS[1:]}

@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["HyperNetwork", "HyperConv", "LinearHead", "hyper_conv", "conv_nd", "kaiming_std", "EMBEDDING_SECOND_MOMENT"]
+__all__ = ["HyperNetwork", "HyperConv", "LinearHead", "hyper_conv", "conv_nd", "kaiming_std",
+           "EMBEDDING_SECOND_MOMENT"]
 
 #: Slope of the LeakyReLU that follows every U-Net convolution; used for the Kaiming gain.
 LEAKY_SLOPE = 0.2

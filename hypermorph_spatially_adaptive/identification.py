@@ -31,9 +31,8 @@ from .runtime import atomic_write_csv
 __all__ = ["GRID_COLUMNS", "EVAL_COLUMNS", "CRITERIA", "BACKGROUND_POLICIES", "GridScores", "simplex_grid",
            "value_grid", "parse_values", "grid_index", "class_tre", "ScoringTargets", "scoring_targets",
            "score_displacements", "evaluate_pair", "default_grid_batch", "write_grid_scores", "read_grid_scores",
-           "merge_grid_scores",
-           "objective", "scope_class_scores", "class_criterion", "best_index", "choose_parameters", "parse_shard",
-           "shard_pair_ids"]
+           "merge_grid_scores", "objective", "scope_class_scores", "class_criterion", "best_index",
+           "choose_parameters", "parse_shard", "shard_pair_ids"]
 
 #: The contract's columns of ``grid_scores.csv``.
 GRID_COLUMNS = ("pair_id", "lam", "mu", "class_id", "class_name", "dice", "tre_mm")
