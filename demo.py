@@ -120,12 +120,12 @@ def run_demo(args: argparse.Namespace) -> Path:
         _check(parameter_identification.main([*identify, "--split", "test", "--out", str(subjects)]),
                "identification")
     parameters = out / "parameters_for_inference.csv"
-    write_parameters(parameters, with_subject_rows(read_parameters(identification / "parameters.csv"),
-                                                   read_parameters(subjects / "parameters.csv")))
+    population = read_parameters(identification / "parameters.csv")
+    write_parameters(parameters, with_subject_rows(population, read_parameters(subjects / "parameters.csv")))
     results = out / "inference"
     # The control: the spatial model at the global pair for every class separates the parameters' effect from the
     # second network's (demo_check.CONTROL).
-    lam, mu = read_parameters(identification / "parameters.csv").values(GLOBAL)
+    lam, mu = population.values(GLOBAL)
     control = ["--methods", *demo_check.METHODS, demo_check.CONTROL,
                "--literature-values", f"{float(lam[0]):.6g}", f"{float(mu[0]):.6g}"]
     _stage("inference on the test pairs")

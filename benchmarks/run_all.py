@@ -279,9 +279,8 @@ def results_file(name: str, device: str) -> Path:
 
 
 def _run(name: str, script: Path, args: argparse.Namespace) -> tuple[int, float]:
-    device = str(resolve_device(args.device))
     command = [sys.executable, str(script), "--threads", str(args.threads), "--device", args.device,
-               "--out", str(results_file(name, device))]
+               "--out", str(results_file(name, args.resolved_device))]
     if args.quick:
         command.append("--quick")
     print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
@@ -313,6 +312,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.report_only and not args.results.is_dir():
         parser.error(f"--results {args.results} is not a folder")
     args.scripts = {name: path for name, path in scripts.items() if not args.only or name in args.only}
+    if not args.report_only:
+        try:
+            args.resolved_device = str(resolve_device(args.device))
+        except (ValueError, RuntimeError) as error:
+            parser.error(str(error))
     return args
 
 
