@@ -2,149 +2,15 @@
 """The whole pipeline on the synthetic phantom, where tissue-specific elasticity is true by construction.
 
     python demo.py                   # 2D phantom 64x64, about 2.5 minutes on 2 CPU cores; all under runs/demo/
-    python demo.py --full            # 3D phantom 64^3 (50 subjects, ~20 min to generate on CPU), GPU training
-    python demo.py --steps 50 ...    # any stage setting can be overridden (see --help)
+    python demo.py --full            # 3D phantom 64^3 (50 subjects), sized for a GPU
 
-Stages: phantom data -> global model -> spatially adaptive model -> parameter identification (population on the
-validation pairs; subject-specific on each test pair) -> inference on the test pairs -> summary. A rerun skips
-finished stages and resumes training, so an interrupted demo continues where it stopped. The last step checks the
-paper's claim on this data: tissue-specific parameters beat the best global ones on end-point error and TRE (and
-the control, the spatial model at the global pair), and the identified stiffness ranks bone first.
+A thin front of :mod:`hypermorph_spatially_adaptive.stages.demo` (installed as ``hypermorph-demo``).
 """
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
-from typing import Sequence
 
-import inference
-import parameter_identification
-import phantom
-from hypermorph_spatially_adaptive import demo_check
-from hypermorph_spatially_adaptive.cli import HelpFormatter, write_config
-from hypermorph_spatially_adaptive.parameter_table import GLOBAL, read_parameters, with_subject_rows, write_parameters
-from hypermorph_spatially_adaptive.runtime import resolve_device
-from hypermorph_spatially_adaptive.training import main as train_main
+from hypermorph_spatially_adaptive.stages.demo.pipeline import INTEGER_SETTINGS, PRESETS, build_parser, main, run_demo
 
-# quick: a few minutes on 2 CPU cores; full: sized for one GPU. The spatial model starts from the trained global
-# one (--init-from) and also trains nearly class-constant vectors (--class-sampling mixed): see README.
-PRESETS = {
-    "quick": dict(ndim=2, size=64, subjects=56, val=8, test=8, steps=2000, spatial_steps=1000, batch_size=4,
-                  lr=1e-3, enc_features=[16, 32, 32], dec_features=[32, 32, 32, 16], hyper_layers=4,
-                  hyper_units=64, grid_step=0.1),
-    "full": dict(ndim=3, size=64, subjects=50, val=10, test=10, steps=20000, spatial_steps=10000, batch_size=1,
-                 lr=1e-4, enc_features=[16, 32, 32, 32], dec_features=[32, 32, 32, 32, 32, 16, 16],
-                 hyper_layers=6, hyper_units=128, grid_step=0.1),
-}
-INTEGER_SETTINGS = ("size", "subjects", "val", "test", "steps", "spatial_steps", "batch_size")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--out", default="runs/demo", help="output folder (data, runs, results)")
-    parser.add_argument("--full", action="store_true", help="the 3D preset (GPU recommended)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the data and the training")
-    preset = parser.add_argument_group("overrides of the preset (default: the preset's value)")
-    for name in INTEGER_SETTINGS:
-        preset.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
-    preset.add_argument("--lr", type=float, default=None)
-    preset.add_argument("--grid-step", type=float, default=None, help="identification grid step")
-    preset.add_argument("--workers", type=int, default=0, help="data-loading processes per training run")
-    return parser
-
-
-def _settings(args: argparse.Namespace) -> dict:
-    settings = dict(PRESETS["full" if args.full else "quick"])
-    for key in (*INTEGER_SETTINGS, "lr", "grid_step"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
-    for key in INTEGER_SETTINGS:
-        if settings[key] < (0 if key in ("val", "test") else 1):
-            raise SystemExit(f"demo: --{key.replace('_', '-')} must be positive, got {settings[key]}")
-    if not (settings["lr"] > 0 and 0 < settings["grid_step"] <= 1):
-        raise SystemExit(f"demo: --lr must be > 0 and --grid-step in (0, 1], got {settings['lr']}, "
-                         f"{settings['grid_step']}")
-    return settings
-
-
-def _stage(title: str) -> None:
-    print(f"\n=== {title} ===", flush=True)
-
-
-def _check(code: int, stage: str) -> None:
-    if code != 0:
-        raise SystemExit(f"demo: the {stage} stage failed (exit code {code}); see the message above")
-
-
-def run_demo(args: argparse.Namespace) -> Path:
-    """Run (or resume) every stage under ``args.out``; return the path of the demo summary."""
-    out, settings = Path(args.out), _settings(args)
-    device = str(resolve_device(args.device))
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(out, args, settings=settings)
-    data = out / "data"
-    _stage(f"phantom data: {settings['subjects']} {settings['ndim']}D subjects of size {settings['size']}")
-    if not (data / "PHANTOM_dataset.json").is_file():
-        phantom.write_dataset(data, ndim=settings["ndim"], subjects=settings["subjects"],
-                              shape=(settings["size"],) * settings["ndim"], seed=args.seed, val=settings["val"],
-                              test=settings["test"])
-    common = ["--dataset", "phantom", "--data-root", str(data), "--device", device, "--seed", str(args.seed)]
-    model = ["--enc-features", *map(str, settings["enc_features"]), "--dec-features",
-             *map(str, settings["dec_features"]), "--hyper-layers", str(settings["hyper_layers"]),
-             "--hyper-units", str(settings["hyper_units"])]
-    training = [*common, *model, "--batch-size", str(settings["batch_size"]), "--lr", str(settings["lr"]),
-                "--lr-schedule", "cosine", "--workers", str(args.workers)]
-    stages = {"global": [*training, "--steps", str(settings["steps"])],
-              "spatial": [*training, "--steps", str(settings["spatial_steps"]), "--class-sampling", "mixed",
-                          "--init-from", str(out / "global" / "checkpoints" / "last.pt")]}
-    for model_type, argv in stages.items():
-        run, steps = out / model_type, int(argv[argv.index("--steps") + 1])
-        _stage(f"training the {model_type} model ({steps} steps)")
-        every = ["--val-every", str(max(1, steps // 4)), "--log-every", str(max(1, steps // 20))]
-        resume = ["--resume"] if (run / "checkpoints" / "last.pt").is_file() else []
-        _check(train_main(model_type, [*argv, *every, "--out", str(run), *resume]), f"{model_type} training")
-    identification = out / "identification"
-    global_checkpoint = str(out / "global" / "checkpoints" / "last.pt")
-    identify = [*common, "--model", global_checkpoint, "--grid-step", str(settings["grid_step"])]
-    _stage("parameter identification: population on the validation pairs")
-    if not (identification / "parameters.csv").is_file():
-        _check(parameter_identification.main([*identify, "--split", "val", "--out", str(identification)]),
-               "identification")
-    # Subject-specific parameters of a test pair are chosen on that pair with its own labels (optimistic for
-    # Dice, as in the paper); the population parameters never see the test pairs.
-    subjects = out / "identification_test_subjects"
-    _stage("parameter identification: each test pair on its own (subject-specific)")
-    if not (subjects / "parameters.csv").is_file():
-        _check(parameter_identification.main([*identify, "--split", "test", "--out", str(subjects)]),
-               "identification")
-    parameters = out / "parameters_for_inference.csv"
-    population = read_parameters(identification / "parameters.csv")
-    write_parameters(parameters, with_subject_rows(population, read_parameters(subjects / "parameters.csv")))
-    results = out / "inference"
-    # The control: the spatial model at the global pair for every class separates the parameters' effect from the
-    # second network's (demo_check.CONTROL).
-    lam, mu = population.values(GLOBAL)
-    control = ["--methods", *demo_check.METHODS, demo_check.CONTROL,
-               "--literature-values", f"{float(lam[0]):.6g}", f"{float(mu[0]):.6g}"]
-    _stage("inference on the test pairs")
-    if not (results / "summary.csv").is_file():
-        _check(inference.main([*common, "--split", "test", "--model", str(out / "spatial" / "checkpoints" / "last.pt"),
-                               "--global-model", global_checkpoint, "--parameters", str(parameters), *control,
-                               "--out", str(results), "--resume"]), "inference")
-    _stage("result")
-    summary = demo_check.write_summary(results / "metrics.csv", identification / "parameters.csv",
-                                       out / "demo_summary.md")
-    print(summary.read_text())
-    return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    run_demo(args)
-    return 0
-
+__all__ = ["PRESETS", "INTEGER_SETTINGS", "build_parser", "run_demo", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,9 @@ OUT/summary.csv and OUT/figures/ (see hypermorph_spatially_adaptive/inference.py
 """
 import sys
 
-from hypermorph_spatially_adaptive.inference import main
+from hypermorph_spatially_adaptive.stages.inference import main
+
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

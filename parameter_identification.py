@@ -7,7 +7,9 @@
 """
 import sys
 
-from hypermorph_spatially_adaptive.identification_stage import main
+from hypermorph_spatially_adaptive.stages.identification import main
+
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,9 @@
 """
 import sys
 
-from hypermorph_spatially_adaptive.training import main
+from hypermorph_spatially_adaptive.stages.training import main_spatial as main
+
+__all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(main("spatial"))
+    sys.exit(main())

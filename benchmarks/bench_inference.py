@@ -38,7 +38,7 @@ from benchmarks.common import (MIB, format_table, machine_info, parse_sized_args
                                read_peak_memory, resolve_benchmark_device, run_child, shape_text, start_peak_memory,
                                synthetic_pair, timed, write_results)
 from hypermorph_spatially_adaptive import HyperVxmDense  # noqa: E402
-from hypermorph_spatially_adaptive.inference import register, score_pair, write_outputs  # noqa: E402
+from hypermorph_spatially_adaptive.stages.inference.pairs import register, score_pair, write_outputs  # noqa: E402
 
 __all__ = ["measure_size", "main"]
 

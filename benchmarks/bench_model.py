@@ -42,8 +42,8 @@ if str(ROOT) not in sys.path:
 from benchmarks.common import (add_common_args, format_table, machine_info, resolve_benchmark_device,  # noqa: E402
                                run_child, timed, write_results)
 from hypermorph_spatially_adaptive import HyperVxmDense, VxmDense, sample_hyperparams  # noqa: E402
-from hypermorph_spatially_adaptive import hypernetwork  # noqa: E402
-from hypermorph_spatially_adaptive.objective import registration_loss  # noqa: E402
+from hypermorph_spatially_adaptive.models import hypernetwork  # noqa: E402
+from hypermorph_spatially_adaptive.core.objective import registration_loss  # noqa: E402
 
 ELASTIC = "objective.registration_loss (global: NCC weighted by 1 - lam - mu + regularizers.elastic_energy)"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "model.json"

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -43,55 +42,13 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.common import (MIB, add_common_args, format_table, machine_info, read_peak_memory,  # noqa: E402
                                resolve_benchmark_device, start_peak_memory, sync, write_results)
-from regularizers import elastic_energy  # noqa: E402
+from hypermorph_spatially_adaptive.core.regularizers import elastic_energy, elastic_energy_reference  # noqa: E402
 
-__all__ = ["reference_elastic_energy", "reference_diffusion_energy", "main"]
+__all__ = ["main"]
 
 VARIANTS = [("fast", "scalar"), ("fast", "voxelwise"), ("reference", "scalar"), ("reference", "voxelwise")]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "regularizers.json"
 DEFAULT_SHAPE, QUICK_SHAPE = [224, 192, 224], [96, 96, 96]
-
-
-# --- straightforward formulation (also the test oracle) -------------------------------------------------------
-
-def _padded_difference(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``x[i + 1] - x[i]`` along ``dim``, zero-padded at the last index (same shape as ``x``)."""
-    n = x.shape[dim]
-    diff = x.narrow(dim, 1, n - 1) - x.narrow(dim, 0, n - 1)
-    pad = [0, 0] * (x.dim() - dim)
-    pad[-1] = 1  # F.pad lists the last dimension first, so the final entry is the far end of `dim`
-    return F.pad(diff, pad)
-
-
-def _broadcastable(param, ndim: int):
-    """A float stays a float; a per-sample tensor ``[B]`` becomes ``[B, 1, 1, ...]``; a map is kept."""
-    if isinstance(param, torch.Tensor) and param.dim() == 1:
-        return param.view(-1, *([1] * (ndim + 1)))
-    return param
-
-
-def _derivative(velocity: torch.Tensor, component: int, axis: int, spacing: Sequence[float]) -> torch.Tensor:
-    """d v_component / d x_axis ``[B, 1, *S]`` in mm per mm (voxels without spacing)."""
-    scale = spacing[component] / spacing[axis]
-    return _padded_difference(velocity[:, component:component + 1], 2 + axis) * scale
-
-
-def reference_elastic_energy(velocity: torch.Tensor, lam, mu, spacing: Sequence[float] | None = None) -> torch.Tensor:
-    """Per-voxel ``lam/2 (div v)^2 + mu/4 sum_ij (d_i v_j + d_j v_i)^2`` ``[B, 1, *S]``, written term by term."""
-    ndim = velocity.dim() - 2
-    spacing = tuple(spacing) if spacing is not None else (1.0,) * ndim
-    div = sum(_derivative(velocity, k, k, spacing) for k in range(ndim))
-    strain = sum((_derivative(velocity, j, i, spacing) + _derivative(velocity, i, j, spacing)) ** 2
-                 for i in range(ndim) for j in range(ndim))
-    return _broadcastable(lam, ndim) / 2 * div ** 2 + _broadcastable(mu, ndim) / 4 * strain
-
-
-def reference_diffusion_energy(velocity: torch.Tensor, weight, spacing: Sequence[float] | None = None) -> torch.Tensor:
-    """Per-voxel ``weight * sum_a sum_k (d_a v_k)^2`` ``[B, 1, *S]``, written term by term."""
-    ndim = velocity.dim() - 2
-    spacing = tuple(spacing) if spacing is not None else (1.0,) * ndim
-    total = sum(_derivative(velocity, k, a, spacing) ** 2 for a in range(ndim) for k in range(ndim))
-    return _broadcastable(weight, ndim) * total
 
 
 # --- measurement ----------------------------------------------------------------------------------------------
@@ -108,7 +65,7 @@ def _inputs(shape: Sequence[int], batch: int, device: str) -> tuple[torch.Tensor
 def _step(impl: str, velocity: torch.Tensor, lam, mu, device: str) -> dict:
     """One forward+backward pass: wall seconds, this process's user/system CPU seconds and minor page faults
     (fresh memory from the OS, which dominates on some virtual machines), and the energy."""
-    energy = elastic_energy if impl == "fast" else reference_elastic_energy
+    energy = elastic_energy if impl == "fast" else elastic_energy_reference
     sync(device)
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()

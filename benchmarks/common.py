@@ -22,7 +22,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from hypermorph_spatially_adaptive.runtime import atomic_write_json, resolve_device
+from hypermorph_spatially_adaptive.files import atomic_write_json
+from hypermorph_spatially_adaptive.runtime import resolve_device
 
 __all__ = ["add_common_args", "parse_size", "shape_text", "parse_sized_args", "resolve_benchmark_device", "sync",
            "timed", "current_rss_bytes", "reset_peak_rss", "peak_rss_bytes", "start_peak_memory", "read_peak_memory",
@@ -220,9 +221,10 @@ def machine_info(device: torch.device | str) -> dict[str, Any]:
 # --- inputs and child processes -------------------------------------------------------------------------------
 
 def synthetic_pair(shape: Sequence[int], num_classes: int = 5, keypoints: int = 100, seed: int = 0) -> dict[str, Any]:
-    """A dataset item (see ``datasets.py``) for timing: random images ``[1, *S]``, ``num_classes`` concentric label
-    shells around the centre (the moving ones shifted by one voxel along axis 0), ``keypoints`` random keypoints
-    (the moving ones half a voxel off), 1.5 mm voxels, pair id ``bench``."""
+    """A dataset item (see :mod:`hypermorph_spatially_adaptive.data.registry`) for timing: random images
+    ``[1, *S]``, ``num_classes`` concentric label shells around the centre (the moving ones shifted by one voxel
+    along axis 0), ``keypoints`` random keypoints (the moving ones half a voxel off), 1.5 mm voxels, pair id
+    ``bench``."""
     g = torch.Generator().manual_seed(seed)
     axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in shape]
     radius = torch.stack(torch.meshgrid(*axes, indexing="ij")).norm(dim=0) / (min(shape) / 2)

@@ -25,7 +25,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import MIB, markdown_table  # noqa: E402
-from hypermorph_spatially_adaptive.runtime import atomic_write_text, resolve_device  # noqa: E402
+from hypermorph_spatially_adaptive.files import atomic_write_text  # noqa: E402
+from hypermorph_spatially_adaptive.runtime import resolve_device  # noqa: E402
 
 __all__ = ["RENDERERS", "benchmark_scripts", "results_file", "render_regularizers", "render_model", "render_scaling",
            "render_identification", "render_inference", "render_report", "main"]
@@ -156,8 +157,8 @@ def render_scaling(data: dict) -> str:
                          ", ".join(f"{e:+.2f}" for e in t["residuals"]), t["extrapolated"],
                          m["slope_per_voxel"] * 1e6 / MIB, m["intercept"] / MIB,
                          ", ".join(f"{e / MIB:+.0f}" for e in m["residuals"]), m["extrapolated"] / GIB])
-    issue5 = [[_shape(r["shape"]), r.get("model_type"), r.get("median_s"), r.get("min_s"), r.get("median_cpu_s")]
-              for r in data.get("issue5_train_step", [])]
+    train_steps = [[_shape(r["shape"]), r.get("model_type"), r.get("median_s"), r.get("min_s"),
+                    r.get("median_cpu_s")] for r in data.get("train_step_times", [])]
     target = _shape(extrapolation.get("shape", []))
     parts = [
         f"Batch 1, {data.get('num_classes', '')} classes, default widths; "
@@ -179,10 +180,10 @@ def render_scaling(data: dict) -> str:
                   markdown_table(["case", "s per M voxels", "s at 0", "time residuals s", f"{target} s",
                                   "MiB per M voxels", "MiB at 0", "memory residuals MiB", f"{target} GiB"],
                                  fit_rows, digits=(0, 3, 3, 0, 1, 1, 0, 0, 1))]
-    if issue5:
-        parts += ["Time per training step of the hypernetwork model (issue 5), global (P = 2) and spatially "
+    if train_steps:
+        parts += ["Time per training step of the hypernetwork model, global (P = 2) and spatially "
                   "adaptive (P = 10) model:",
-                  markdown_table(["shape", "model", "median s", "min s", "CPU s (all threads)"], issue5)]
+                  markdown_table(["shape", "model", "median s", "min s", "CPU s (all threads)"], train_steps)]
     return "\n\n".join(parts)
 
 

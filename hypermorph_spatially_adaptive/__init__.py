@@ -1,13 +1,22 @@
 """elastic-hypermorph: HyperMorph conditioned on Lame parameters, with a linear-elastic regularizer.
 
-Public names of the model package; the transform functions are re-exported here for convenience.
+The package is layered; a module imports only from its own layer or the ones below it:
+
+1. :mod:`.files`, :mod:`.runtime`: atomic writes and software versions; devices, seeds, RNG states, distributed.
+2. :mod:`.core`: tensor functions (checks, warping, losses, parameter vectors, regularizers, metrics, objective).
+3. :mod:`.models` (hypernetwork, networks, the checkpoint format) and :mod:`.data` (datasets, phantom generator).
+4. :mod:`.evaluation`: scores of a registered pair and paired statistics.
+5. :mod:`.stages`: the command-line stages (training, identification, inference, demo).
+
+This module re-exports the names most users need; the transform functions are re-exported for convenience.
 """
-from .hypernetwork import HyperConv, HyperNetwork, hyper_conv
-from .hyperparams import (hyperparam_names, join_hyperparams, sample_hyperparams, similarity_weight,
-                          split_hyperparams, validate_hyperparams)
-from .losses import MSE, NCC, local_ncc, mse_loss, ncc_loss
-from .networks import HyperVxmDense, PlainConv, RegistrationOutput, UNet, VxmDense
-from .transform import SpatialTransformer, VecInt, compose, identity_grid, integrate_velocity, sample_at_points, warp
+from .core.hyperparams import (hyperparam_names, join_hyperparams, sample_hyperparams, similarity_weight,
+                               split_hyperparams, validate_hyperparams)
+from .core.losses import MSE, NCC, local_ncc, mse_loss, ncc_loss
+from .core.transform import SpatialTransformer, VecInt, compose, identity_grid, integrate_velocity, sample_at_points, \
+    warp
+from .models.hypernetwork import HyperConv, HyperNetwork, hyper_conv
+from .models.networks import HyperVxmDense, PlainConv, RegistrationOutput, UNet, VxmDense
 
 __all__ = [
     "HyperVxmDense", "VxmDense", "RegistrationOutput", "UNet", "PlainConv",

@@ -15,7 +15,7 @@ TINY_MODEL_FLAGS = ["--enc-features", "4", "8", "--dec-features", "8", "8", "4",
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory):
     """A 2D phantom dataset (32x32, 6 subjects: 4 train, 1 val, 1 test) in the NLST-like layout."""
-    import phantom
+    from hypermorph_spatially_adaptive.data import phantom
 
     root = tmp_path_factory.mktemp("phantom") / "data"
     phantom.write_dataset(root, ndim=2, subjects=6, shape=(32, 32), seed=0, val=1, test=1)
@@ -28,7 +28,7 @@ def tiny_flags():
 
 
 def _train_tiny(model_type: str, root, out, steps: int = 30):
-    from hypermorph_spatially_adaptive.training import main
+    from hypermorph_spatially_adaptive.stages.training import main
 
     argv = ["--dataset", "phantom", "--data-root", str(root), "--out", str(out), *TINY_MODEL_FLAGS,
             "--steps", str(steps), "--batch-size", "2", "--lr", "3e-3", "--val-every", str(steps), "--seed", "0"]

@@ -45,7 +45,7 @@ def _scaling_results(time_slope=2e-6, time_offset=0.5, memory_slope=400.0, memor
             "results": records,
             "extrapolation": {"shape": [224, 192, 224], "voxels": target,
                               "fits": scaling.fits(records, "rss_peak_bytes", target)},
-            "issue5_train_step": [{"shape": [128, 128], "model_type": "global", "median_s": 0.25, "min_s": 0.2},
+            "train_step_times": [{"shape": [128, 128], "model_type": "global", "median_s": 0.25, "min_s": 0.2},
                                   {"shape": [64, 64, 64], "model_type": "spatial", "median_s": 1.75,
                                    "min_s": 1.5}]}
 
@@ -115,7 +115,7 @@ def test_scaling_renderer_tables_times_ratios_memory_and_extrapolation():
     target = 224 * 192 * 224
     assert float(fit_row[4]) == pytest.approx(3.0 * (2e-6 * target + 0.5), abs=0.1)
     assert float(fit_row[8]) == pytest.approx(3.0 * (400.0 * target + 900 * MIB) / 2 ** 30, abs=0.1)
-    assert _table_rows(text, "64x64x64")[-1][2:] == ["1.750", "1.500", "-"]  # the issue-5 row, no CPU time
+    assert _table_rows(text, "64x64x64")[-1][2:] == ["1.750", "1.500", "-"]  # the 3D training-step row, no CPU time
 
 
 def test_regularizer_and_model_renderers_table_each_variant():

@@ -1,0 +1,191 @@
+"""The phantom's anatomy, materials and image: a random thorax label map, tissue properties and a CT-like rendering.
+
+Orientation (RAS+, affine ``diag(spacing, 1)``): array axis 0 points to the patient's right, axis 1 anterior (3D
+only) and the last axis superior (cranial); a 2D phantom is a coronal slice (axes right, superior). Classes
+(:data:`CLASS_NAMES`): 0 background (air), 1 soft_tissue, 2 lung, 3 bone, 4 liver. Materials (:data:`TISSUES`,
+Young's modulus E in kPa, Poisson ratio nu): bone 1000/0.3 >> liver 30/0.4 > soft tissue 10/0.3 > lung 2/0.3 > air
+1/0.1. Air is a very soft compressible material (not a void), so the body can expand into it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.ndimage as ndi
+
+__all__ = ["CLASS_NAMES", "TISSUES", "HU", "anatomy", "render", "place_keypoints"]
+
+CLASS_NAMES = ("background", "soft_tissue", "lung", "bone", "liver")
+
+#: Nominal tissue properties: Young's modulus E (kPa) and Poisson ratio nu. Ordered bone >> liver > soft tissue
+#: > lung > air. Bone is compressed to 100x soft tissue (real bone is ~1e6x) to keep the system well conditioned;
+#: air is a very soft, compressible material so the body can move inside the field of view.
+TISSUES: dict[str, dict[str, float]] = {
+    "background": {"E": 1.0, "nu": 0.1},
+    "soft_tissue": {"E": 10.0, "nu": 0.3},
+    "lung": {"E": 2.0, "nu": 0.3},
+    "bone": {"E": 1000.0, "nu": 0.3},
+    "liver": {"E": 30.0, "nu": 0.4},
+}
+
+#: Mean intensities (HU) of the rendered tissues.
+HU = {"air": -1000.0, "fat": -90.0, "soft_tissue": 40.0, "lung": -860.0, "bone": 650.0, "liver": 60.0}
+
+
+def _wobble(coords: dict[str, np.ndarray], rng: np.random.Generator, amplitude: float, terms: int = 3) -> np.ndarray:
+    """Smooth random shape perturbation: a sum of low-frequency plane waves of total amplitude ~``amplitude``."""
+    out = np.zeros_like(next(iter(coords.values())))
+    for _ in range(terms):
+        direction = rng.normal(size=len(coords))
+        direction *= rng.uniform(1.0, 3.0) * np.pi / np.linalg.norm(direction)
+        phase = sum(d * c for d, c in zip(direction, coords.values()))
+        out += amplitude / terms * rng.uniform(0.5, 1.0) * np.sin(phase + rng.uniform(0, 2 * np.pi))
+    return out
+
+
+def _radius(coords: dict[str, np.ndarray], centre: dict[str, float], semi: dict[str, float],
+            power: float = 2.0) -> np.ndarray:
+    """Superellipsoid radius ``(sum |(c - centre) / semi|^p)^(1/p)`` over the axes present (< 1 inside)."""
+    total = sum(np.abs((coords[name] - centre[name]) / semi[name]) ** power for name in coords)
+    return total ** (1.0 / power)
+
+
+def anatomy(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Random thorax label map ``[*S]`` (uint8, classes of :data:`CLASS_NAMES`) and helper regions.
+
+    Geometry lives in normalised coordinates in [-1, 1] per axis: ``lat`` (axis 0, + = right), ``ap`` (3D axis 1,
+    + = anterior) and ``cc`` (last axis, + = superior); a 2D phantom is the coronal plane ap = 0.
+    """
+    ndim = len(shape)
+    names = ("lat", "cc") if ndim == 2 else ("lat", "ap", "cc")
+    grids = np.meshgrid(*[np.linspace(-1.0, 1.0, m) for m in shape], indexing="ij")
+    c = dict(zip(names, grids))
+    lat, cc = c["lat"], c["cc"]
+    ap = c.get("ap", np.zeros_like(lat))
+    u = rng.uniform
+
+    # Body: a barrel-shaped superelliptic cylinder along cc, cut by the top and bottom of the field of view like
+    # a thorax CT (the Dirichlet border then holds the neck and the pelvis, not air). rho is the transverse
+    # radius relative to the body outline at the same level (< 1 inside the body).
+    # The lateral air gap leaves room for the chest wall to move out without folding the (soft) air.
+    a, b, p, barrel = u(0.72, 0.84), u(0.62, 0.78), u(2.6, 3.6), u(0.08, 0.16)
+    taper = 1.0 - barrel * (cc - u(-0.2, 0.2)) ** 2
+    rho = (np.abs(lat / (a * taper)) ** p + np.abs(ap / (b * taper)) ** p) ** (1.0 / p)
+    body = rho + _wobble(c, rng, 0.02) < 1.0
+    wall = u(0.13, 0.18)
+    mediastinum = u(0.08, 0.14) * a
+
+    # Lungs between apex and base levels (the left base a little higher, the left lung narrower: the heart).
+    lungs = np.zeros(shape, dtype=bool)
+    extents = {}
+    apex, base = u(0.72, 0.85), u(-0.45, -0.25)
+    for side in (1, -1):  # right, left
+        top, bottom = apex - u(0.0, 0.05), base + (0.0 if side == 1 else u(0.0, 0.08))
+        narrow = 1.0 if side == 1 else u(0.85, 0.95)
+        centre = dict(lat=side * u(0.45, 0.52) * a, ap=u(-0.05, 0.05) * b, cc=0.5 * (top + bottom))
+        semi = dict(lat=u(0.4, 0.48) * a * narrow, ap=u(0.6, 0.75) * b, cc=0.5 * (top - bottom))
+        lung = (_radius(c, centre, semi) + _wobble(c, rng, 0.06) < 1.0) & (rho < 1.0 - wall) & body
+        lung &= side * lat > mediastinum
+        lungs |= lung
+        extents[side] = (centre, semi)
+
+    # Liver: its dome rises into the base of the right lung (the diaphragm is the lung-liver interface); its
+    # lower edge stays well above the bottom of the field of view so the abdomen below can be compressed.
+    dome, liver_bottom = base + u(0.1, 0.2), u(-0.72, -0.6)
+    liver_semi = dict(lat=u(0.5, 0.62) * a, ap=u(0.55, 0.75) * b, cc=0.5 * (dome - liver_bottom))
+    liver_centre = dict(lat=u(0.25, 0.4) * a, ap=0.0, cc=0.5 * (dome + liver_bottom))
+    liver_shape = _radius(c, liver_centre, liver_semi) + _wobble(c, rng, 0.05)
+    liver = (liver_shape < 1.0) & (rho < 1.0 - 0.5 * wall) & body
+    # The same shape mirrored under the left lung: stomach/spleen, soft tissue that carries the left diaphragm.
+    mirrored = dict(c, lat=-lat)
+    left_abdomen = (_radius(mirrored, liver_centre, liver_semi) < 1.0) & body & ~liver
+
+    # Ribs: bands of the chest wall at regularly spaced levels over the lungs, sloping down anteriorly (3D).
+    top = max(e[0]["cc"] + e[1]["cc"] for e in extents.values())
+    bottom = min(e[0]["cc"] - e[1]["cc"] for e in extents.values())
+    count = int(rng.integers(5, 10))
+    levels = np.linspace(bottom + 0.05, top - 0.05, count)
+    levels += u(-0.25, 0.25, count) * (levels[1] - levels[0])
+    half_thickness = max(u(0.022, 0.04), 0.65 * 2.0 / (shape[-1] - 1))  # at least ~1.3 voxels thick
+    rib_level = cc + 0.12 * ap
+    ribs = np.zeros(shape, dtype=bool)
+    for value in levels:
+        ribs |= np.abs(rib_level - value) < half_thickness
+    ribs &= (rho > 1.0 - 0.85 * wall) & (rho < 1.0 - 0.3 * wall) & body
+    if ndim == 3:
+        ribs &= ap < 0.55 * b  # costal cartilage gap anteriorly
+        spine_centre = -u(0.6, 0.7) * b
+        spine = (lat ** 2 + (ap - spine_centre) ** 2 < (u(0.09, 0.12) * min(a, b)) ** 2) & body
+        ribs |= spine
+
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[body] = 1
+    labels[lungs] = 2
+    labels[liver] = 4
+    labels[ribs & (labels == 1)] = 3
+    fat = body & (rho > 1.0 - u(0.04, 0.08)) & (labels == 1)
+    wall_band = body & (rho > 1.0 - wall) & (cc > bottom) & (cc < top) & ~lungs & ~liver
+    radial = np.stack([lat / a, ap / b]) if ndim == 3 else np.stack([lat / a])
+    radial = radial / np.maximum(np.sqrt((radial ** 2).sum(0)), 1e-6)
+    regions = dict(fat=fat, left_abdomen=left_abdomen & (labels == 1), wall=wall_band, outward=radial)
+    return labels, regions
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Gaussian random field of unit standard deviation and correlation length ``sigma`` voxels."""
+    field = ndi.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    return field / max(field.std(), 1e-12)
+
+
+def _vessels(rng: np.random.Generator, shape: tuple[int, ...], sigma: float, width: float) -> np.ndarray:
+    """Vessel-like network in [0, 1]: the zero set of a random field (2D curves) or of two fields (3D tubes)."""
+    squared = sum(_noise(rng, shape, sigma) ** 2 for _ in range(len(shape) - 1))
+    return np.exp(-0.5 * squared / width ** 2)
+
+
+def render(labels: np.ndarray, regions: dict[str, np.ndarray],
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free CT-like image (HU, float64) and the lung vessel map used to place keypoints."""
+    shape = labels.shape
+    wide = 2.0 if len(shape) == 3 else 1.0  # 3D tubes need a wider band to be about as dense as 2D curves
+    lung_vessels = np.maximum(0.6 * _vessels(rng, shape, 1.5, 0.3 * wide), _vessels(rng, shape, 3.0, 0.25 * wide))
+    image = np.full(shape, HU["air"])
+    soft = labels == 1
+    # Texture (muscle fibres, fat septa, liver vessels) well above the image noise, so that motion inside the
+    # soft tissues is visible in the images, as it is in contrast-enhanced CT.
+    image[soft] = (HU["soft_tissue"] + 50.0 * _noise(rng, shape, 1.5))[soft]
+    fat = regions["fat"]
+    image[fat] = (HU["fat"] + 30.0 * _noise(rng, shape, 1.5))[fat]
+    lung = labels == 2
+    image[lung] = (HU["lung"] + 20.0 * _noise(rng, shape, 1.0) + 780.0 * lung_vessels)[lung]
+    liver = labels == 4
+    image[liver] = (HU["liver"] + 25.0 * _noise(rng, shape, 1.5) + 100.0 * _vessels(rng, shape, 2.5, 0.25))[liver]
+    bone = labels == 3
+    image[bone] = (HU["bone"] + 120.0 * _noise(rng, shape, 1.0))[bone]
+    # Partial-volume blur of the sharp label edges.
+    return ndi.gaussian_filter(image, 0.6), lung_vessels
+
+
+def place_keypoints(labels: np.ndarray, vessels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``count`` fixed keypoints ``[N, ndim]`` (voxels): ~70% in the lungs (preferring vessels), the rest in
+    the liver, 3 voxels off the image border (fewer only when the organs hold too few voxels on a coarse grid)."""
+    shape = labels.shape
+    margin = np.zeros(shape, dtype=bool)
+    margin[tuple(slice(3, m - 3) for m in shape)] = True
+    points = []
+    for cls, share in ((2, 0.7), (4, 0.3)):
+        wanted = int(round(share * count)) if cls == 2 else count - len(points)
+        # Keep off the organ boundary (2 voxels) unless the organ is too small for that on a coarse grid.
+        for depth in (2, 1, 0):
+            tissue = labels == cls
+            inside = (ndi.binary_erosion(tissue, iterations=depth) if depth else tissue) & margin
+            if inside.sum() >= wanted:
+                break
+        candidates = np.flatnonzero(inside)
+        wanted = min(wanted, candidates.size)
+        if wanted <= 0:
+            continue
+        weights = (0.2 + vessels.ravel()[candidates]) if cls == 2 else np.ones(candidates.size)
+        chosen = rng.choice(candidates, size=wanted, replace=False, p=weights / weights.sum())
+        points.extend(np.stack(np.unravel_index(chosen, shape), axis=1))
+    points = np.asarray(points, dtype=np.float64).reshape(-1, len(shape))
+    # Sub-voxel positions; a jitter below 0.5 keeps each point in the voxel (and class) it was drawn from.
+    return points + rng.uniform(-0.4, 0.4, size=points.shape)

@@ -1,0 +1,353 @@
+"""Registration networks: a VoxelMorph U-Net built from a pluggable conv block, and HyperMorph on top of it.
+
+``HyperVxmDense`` (every U-Net conv a :class:`HyperConv` fed by a :class:`HyperNetwork`) and ``VxmDense``
+(the same U-Net with plain convs, the baseline) share :class:`UNet` and the velocity -> displacement -> warp
+head. Images ``[B, 1, *S]``; velocity and displacement ``[B, ndim, *S]`` in voxels on the fixed grid,
+``warped(x) = moving(x + u(x))`` with ``u = exp(v)`` (scaling and squaring).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from functools import partial
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .hypernetwork import HyperConv, HyperNetwork, conv_nd, kaiming_std, LEAKY_SLOPE
+from ..core.tensors import check_image
+from ..core.transform import integrate_velocity, warp
+from ..files import atomic_torch_save
+
+__all__ = ["RegistrationOutput", "PlainConv", "UNet", "VxmDense", "HyperVxmDense", "spatial_from_global",
+           "read_checkpoint", "FORMAT"]
+
+#: Value of the ``format`` key written by :meth:`save`. v2 stores the kernel heads ``[E, out]``
+#: (:class:`~.hypernetwork.LinearHead`); v1 files (``nn.Linear`` heads, ``[out, E]``) are upgraded on reading.
+FORMAT = "hypermorph-v2"
+_HEAD_WEIGHTS = ("weight_head.weight", "bias_head.weight")
+PAD_MODES = ("replicate", "zeros")
+
+
+class RegistrationOutput(NamedTuple):
+    """What every registration network returns (fields in voxels on the fixed grid)."""
+
+    warped: torch.Tensor        #: moving image resampled onto the fixed grid ``[B, 1, *S]``
+    displacement: torch.Tensor  #: ``u = exp(v)`` ``[B, ndim, *S]``
+    velocity: torch.Tensor      #: stationary velocity ``v`` ``[B, ndim, *S]`` (the regularizer acts on it)
+
+
+class PlainConv(nn.Module):
+    """Ordinary convolution with the conv-block interface ``forward(x, embedding=None)`` (embedding ignored).
+
+    Kaiming-normal weights for LeakyReLU(0.2), zero bias, padding ``kernel_size // 2``.
+    """
+
+    def __init__(self, ndim: int, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1):
+        super().__init__()
+        conv_nd(ndim)
+        self.ndim, self.stride, self.padding = ndim, stride, kernel_size // 2
+        shape = (out_channels, in_channels) + (kernel_size,) * ndim
+        self.weight = nn.Parameter(torch.randn(shape) * kaiming_std(in_channels * kernel_size ** ndim))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        return conv_nd(self.ndim)(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+
+
+#: A conv-block factory: ``(in_channels, out_channels) -> module`` with ``forward(x, embedding)``.
+ConvFactory = Callable[[int, int], nn.Module]
+
+
+class UNet(nn.Module):
+    """VoxelMorph U-Net over any conv block; ``forward(x [B, Cin, *S], embedding) -> [B, out_channels, *S]``.
+
+    Encoder level i: conv to ``enc_features[i]`` + LeakyReLU(0.2), keep as skip, 2x max-pool. Decoder, for the
+    first ``len(enc_features)`` widths: conv + LeakyReLU, 2x nearest upsampling, concat the skip of the same
+    resolution; the remaining decoder widths are extra full-resolution conv + LeakyReLU. Every spatial size must
+    be divisible by ``2 ** len(enc_features)`` (:class:`VxmDense` pads to ensure it).
+    """
+
+    def __init__(self, ndim: int, in_channels: int, enc_features: Sequence[int], dec_features: Sequence[int],
+                 conv: ConvFactory):
+        super().__init__()
+        conv_nd(ndim)
+        enc, dec = [int(f) for f in enc_features], [int(f) for f in dec_features]
+        if not enc or any(f < 1 for f in enc + dec):
+            raise ValueError(f"enc_features must be a non-empty list of positive widths and dec_features positive, "
+                             f"got {enc} and {dec}")
+        if len(dec) < len(enc):
+            raise ValueError(f"dec_features needs at least len(enc_features)={len(enc)} widths (one per level), "
+                             f"got {len(dec)}: {dec}")
+        self.ndim, self.levels = ndim, len(enc)
+        self.encoder, self.decoder = nn.ModuleList(), nn.ModuleList()
+        channels = in_channels
+        for width in enc:
+            self.encoder.append(conv(channels, width))
+            channels = width
+        for level, width in enumerate(dec):
+            self.decoder.append(conv(channels, width))
+            channels = width + (enc[self.levels - 1 - level] if level < self.levels else 0)
+        self.out_channels = channels
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        pool = F.max_pool2d if self.ndim == 2 else F.max_pool3d
+        skips = []
+        for block in self.encoder:
+            x = F.leaky_relu(block(x, embedding), LEAKY_SLOPE)
+            skips.append(x)
+            x = pool(x, 2)
+        for level, block in enumerate(self.decoder):
+            x = F.leaky_relu(block(x, embedding), LEAKY_SLOPE)
+            if level < self.levels:
+                x = F.interpolate(x, scale_factor=2, mode="nearest")
+                x = torch.cat([x, skips.pop()], dim=1)
+        return x
+
+
+def _pad_amounts(shape: Sequence[int], multiple: int) -> list[tuple[int, int]]:
+    """Per axis ``(before, after)`` padding that makes each size a multiple of ``multiple`` (split evenly)."""
+    out = []
+    for n in shape:
+        total = -n % multiple
+        out.append((total // 2, total - total // 2))
+    return out
+
+
+def _pad(x: torch.Tensor, amounts: list[tuple[int, int]], mode: str) -> torch.Tensor:
+    if not any(a or b for a, b in amounts):
+        return x
+    flat = [p for pair in reversed(amounts) for p in pair]  # F.pad lists the last axis first
+    return F.pad(x, flat, mode="replicate" if mode == "replicate" else "constant")
+
+
+def _crop(x: torch.Tensor, amounts: list[tuple[int, int]]) -> torch.Tensor:
+    index = (slice(None), slice(None)) + tuple(slice(a, x.shape[2 + k] - b) for k, (a, b) in enumerate(amounts))
+    return x[index]
+
+
+def _checkpoint_safe_globals() -> list:
+    """Plain-data types a training checkpoint may hold beyond tensors (numpy RNG state, paths in the options),
+    allowed for ``torch.load(weights_only=True)``."""
+    core = getattr(np, "_core", None) or np.core
+    return [np.ndarray, np.dtype, core.multiarray._reconstruct, type(np.dtype(np.uint32)),
+            pathlib.PurePosixPath, pathlib.PosixPath, pathlib.PureWindowsPath, pathlib.WindowsPath]
+
+
+class _Registration(nn.Module):
+    """Shared parts: U-Net on ``cat(moving, fixed)``, padding, flow conv, integration, warping, save/load."""
+
+    def __init__(self, inshape: Sequence[int], enc_features: Sequence[int], dec_features: Sequence[int],
+                 int_steps: int, pad_mode: str, conv: ConvFactory):
+        super().__init__()
+        shape = tuple(inshape) if isinstance(inshape, (list, tuple)) else ()
+        if len(shape) not in (2, 3) or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                                               and n > 0 for n in shape):
+            raise ValueError(f"inshape must be a list of 2 or 3 positive ints, got {inshape!r}")
+        shape = tuple(int(n) for n in shape)
+        if isinstance(int_steps, bool) or not isinstance(int_steps, int) or int_steps < 0:
+            raise ValueError(f"int_steps must be an int >= 0, got {int_steps!r}")
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        self.inshape, self.int_steps, self.pad_mode = shape, int_steps, pad_mode
+        self.unet = UNet(len(shape), 2, enc_features, dec_features, conv)
+        self.flow = PlainConv(len(shape), self.unet.out_channels, len(shape))
+        with torch.no_grad():
+            # Near-zero velocity at the start, as in VoxelMorph.
+            self.flow.weight.normal_(0.0, 1e-5)
+            self.flow.bias.zero_()
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial axes (2 or 3)."""
+        return len(self.inshape)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Constructor keyword arguments (JSON-serialisable): ``type(self)(**model.config)`` rebuilds the model."""
+        return json.loads(json.dumps(self._config))  # a deep copy callers may modify
+
+    def _check_pair(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
+        for name, image in (("moving", moving), ("fixed", fixed)):
+            if not isinstance(image, torch.Tensor) or image.dim() != self.ndim + 2 or image.shape[1] != 1:
+                shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+                raise ValueError(f"{name} must have shape [B, 1, *S] with {self.ndim} spatial axes, got {shape}")
+            if not image.is_floating_point():
+                raise ValueError(f"{name} must be a floating-point image, got dtype {image.dtype}")
+            check_image(image, name, channels=1)
+        if moving.shape != fixed.shape:
+            what = "batch sizes" if moving.shape[0] != fixed.shape[0] else "shapes"
+            raise ValueError(f"moving and fixed must have the same shape [B, 1, *S]; their {what} differ: "
+                             f"moving {tuple(moving.shape)}, fixed {tuple(fixed.shape)}")
+
+    def _register(self, moving: torch.Tensor, fixed: torch.Tensor, embedding: torch.Tensor | None) \
+            -> RegistrationOutput:
+        amounts = _pad_amounts(moving.shape[2:], 2 ** self.unet.levels)
+        x = _pad(torch.cat([moving, fixed], dim=1), amounts, self.pad_mode)
+        velocity = _crop(self.flow(self.unet(x, embedding)), amounts)
+        displacement = integrate_velocity(velocity, self.int_steps)
+        return RegistrationOutput(warp(moving, displacement), displacement, velocity)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``{"model_config", "model_state", "format"}`` to ``path`` atomically (temp file + os.replace)."""
+        atomic_torch_save({"model_config": self.config, "model_state": self.state_dict(), "format": FORMAT}, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location="cpu"):
+        """Rebuild a model from a :meth:`save` file or a training checkpoint (a dict holding at least
+        ``model_config`` and ``model_state``). The model is moved to ``map_location`` when that names a device.
+
+        Loads with ``weights_only=True`` (see :func:`read_checkpoint`); bad files raise ValueError.
+        """
+        return cls.from_checkpoint(read_checkpoint(path, map_location), source=os.fspath(path),
+                                   map_location=map_location)
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict[str, Any], source: str = "checkpoint", map_location="cpu"):
+        """Rebuild a model from a checkpoint dict already read by :func:`read_checkpoint`."""
+        try:
+            model = cls(**payload["model_config"])
+        except TypeError as error:
+            raise ValueError(f"{source}: 'model_config' does not fit {cls.__name__}: {error}") from error
+        try:
+            model.load_state_dict(payload["model_state"])
+        except RuntimeError as error:
+            raise ValueError(f"{source}: 'model_state' does not match 'model_config': {error}") from error
+        if isinstance(map_location, (str, torch.device)):
+            model.to(map_location)
+        return model
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:
+    """Read a :meth:`save` file or training checkpoint with ``weights_only=True`` (the numpy arrays of RNG states
+    and paths allowed; anything needing arbitrary unpickling is refused) and check its two model keys.
+
+    Raises FileNotFoundError for a missing file, ValueError for an unreadable or incomplete one.
+    """
+    path = os.fspath(path)
+    try:
+        with torch.serialization.safe_globals(_checkpoint_safe_globals()):
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # the unpickler raises several types for foreign or corrupt files
+        raise ValueError(f"{path}: not a readable model file or checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: expected a dict with 'model_config' and 'model_state', "
+                         f"got {type(payload).__name__}")
+    for key in ("model_config", "model_state"):
+        if key not in payload:
+            raise ValueError(f"{path}: missing key {key!r} (found keys {sorted(map(str, payload))})")
+    version = payload.get("format", FORMAT)
+    if version == "hypermorph-v1":
+        state = {name: value.t().contiguous() if name.endswith(_HEAD_WEIGHTS) else value
+                 for name, value in payload["model_state"].items()}
+        payload = {**payload, "model_state": state, "format": FORMAT, "upgraded_from": version}
+    elif version != FORMAT:
+        raise ValueError(f"{path}: unknown checkpoint format {version!r} (this version reads {FORMAT!r} and "
+                         f"'hypermorph-v1')")
+    return payload
+
+
+class VxmDense(_Registration):
+    """VoxelMorph (plain U-Net) baseline: ``model(moving, fixed) -> RegistrationOutput``; shares all code with
+    :class:`HyperVxmDense` except the conv blocks."""
+
+    def __init__(self, inshape: Sequence[int], enc_features: Sequence[int] = (16, 32, 32, 32),
+                 dec_features: Sequence[int] = (32, 32, 32, 32, 32, 16, 16), int_steps: int = 7,
+                 pad_mode: str = "replicate"):
+        ndim = len(inshape) if isinstance(inshape, (list, tuple)) else 0
+        super().__init__(inshape, enc_features, dec_features, int_steps, pad_mode,
+                         conv=lambda cin, cout: PlainConv(ndim, cin, cout))
+        self._config = {"inshape": list(self.inshape), "enc_features": [int(f) for f in enc_features],
+                        "dec_features": [int(f) for f in dec_features], "int_steps": int_steps,
+                        "pad_mode": pad_mode}
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
+        """moving, fixed ``[B, 1, *S]`` -> ``RegistrationOutput(warped, displacement, velocity)``."""
+        self._check_pair(moving, fixed)
+        return self._register(moving, fixed, None)
+
+
+class HyperVxmDense(_Registration):
+    """HyperMorph: a VoxelMorph U-Net whose every conv kernel is generated from a parameter vector.
+
+    ``model(moving [B, 1, *S], fixed [B, 1, *S], hyper [B, P]) -> RegistrationOutput(warped, displacement,
+    velocity)``; P = ``nb_hyp_params`` (2 for the global model ``[lam, mu]``, 2C for the spatial one). ``hyper``
+    goes through a :class:`HyperNetwork` (``hyper_layers`` x ``hyper_units``, ReLU) to an embedding that feeds
+    every :class:`HyperConv` of the U-Net; the final flow conv (ndim channels, kernel 3, ~N(0, 1e-5)) is plain.
+    ``u = exp(v)`` by ``int_steps`` scaling-and-squaring steps (0: ``u = v``).
+
+    Any spatial size with ``len(inshape)`` axes is accepted: sizes not divisible by ``2 ** len(enc_features)``
+    are padded (``pad_mode="replicate"`` repeats the edge voxels, ``"zeros"`` pads with 0; split evenly before
+    and after) and the velocity is cropped back before integration. ``inshape`` is the nominal training shape,
+    kept in the config. When every row of ``hyper`` is identical, one kernel per layer is generated and applied
+    to the whole batch (a plain conv, same result as the grouped path).
+    """
+
+    def __init__(self, inshape: Sequence[int], nb_hyp_params: int, enc_features: Sequence[int] = (16, 32, 32, 32),
+                 dec_features: Sequence[int] = (32, 32, 32, 32, 32, 16, 16), int_steps: int = 7,
+                 hyper_layers: int = 6, hyper_units: int = 128, pad_mode: str = "replicate"):
+        ndim = len(inshape) if isinstance(inshape, (list, tuple)) else 0
+        hypernetwork = HyperNetwork(nb_hyp_params, hyper_layers, hyper_units)  # validates its arguments first
+        super().__init__(inshape, enc_features, dec_features, int_steps, pad_mode,
+                         conv=partial(_hyper_block, ndim, hyper_units))
+        self.hypernetwork = hypernetwork
+        self._config = {"inshape": list(self.inshape), "nb_hyp_params": nb_hyp_params,
+                        "enc_features": [int(f) for f in enc_features],
+                        "dec_features": [int(f) for f in dec_features], "int_steps": int_steps,
+                        "hyper_layers": hyper_layers, "hyper_units": hyper_units, "pad_mode": pad_mode}
+
+    @property
+    def nb_hyp_params(self) -> int:
+        """Length P of the parameter vector."""
+        return self.hypernetwork.nb_hyp_params
+
+    def embed(self, hyper: torch.Tensor) -> torch.Tensor:
+        """Hypernetwork embedding ``[B, hyper_units]``, or ``[1, hyper_units]`` when all rows of hyper are equal."""
+        if hyper.shape[0] > 1 and bool((hyper == hyper[:1]).all()):
+            hyper = hyper[:1]
+        return self.hypernetwork(hyper)
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, hyper: torch.Tensor) -> RegistrationOutput:
+        """moving, fixed ``[B, 1, *S]``, hyper ``[B, P]`` -> ``RegistrationOutput(warped, displacement, velocity)``."""
+        self._check_pair(moving, fixed)
+        P = self.nb_hyp_params
+        if not isinstance(hyper, torch.Tensor) or hyper.dim() != 2 or hyper.shape[1] != P:
+            shape = tuple(hyper.shape) if isinstance(hyper, torch.Tensor) else type(hyper).__name__
+            raise ValueError(f"hyper must have shape [B, P] with P={P} (the model's nb_hyp_params), got {shape}")
+        if hyper.shape[0] != moving.shape[0]:
+            raise ValueError(f"hyper batch size must equal the image batch size {moving.shape[0]}, "
+                             f"got hyper of shape {tuple(hyper.shape)}")
+        if not hyper.is_floating_point() or not torch.isfinite(hyper).all():
+            raise ValueError(f"hyper must be a finite floating-point tensor (no NaN), got dtype {hyper.dtype}")
+        return self._register(moving, fixed, self.embed(hyper.to(moving.dtype)))
+
+
+def _hyper_block(ndim: int, embedding_size: int, in_channels: int, out_channels: int) -> HyperConv:
+    return HyperConv(ndim, in_channels, out_channels, embedding_size)
+
+
+def spatial_from_global(global_model: HyperVxmDense, num_classes: int) -> HyperVxmDense:
+    """A spatially adaptive model (P = 2C) that starts as a copy of the global model (P = 2).
+
+    The first hypernetwork layer sees each class's lambda (and mu) with 1/C of the global weight, so a vector
+    whose classes share one ``(lam, mu)`` gives exactly the global model's output: training the spatial model
+    then only has to learn how the tissues differ (a warm start; the paper trains it from scratch).
+    """
+    if global_model.nb_hyp_params != 2:
+        raise ValueError(f"global_model must take [lam, mu] (nb_hyp_params 2), got {global_model.nb_hyp_params}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    config = {**global_model.config, "nb_hyp_params": 2 * num_classes}
+    model = HyperVxmDense(**config)
+    state = dict(global_model.state_dict())
+    first = state["hypernetwork.layers.0.weight"]  # [units, 2]: columns lam, mu
+    state["hypernetwork.layers.0.weight"] = first.repeat_interleave(num_classes, dim=1) / num_classes
+    model.load_state_dict(state)
+    return model.to(first.device)

@@ -1,0 +1,154 @@
+"""Command-line plumbing shared by the stage scripts: common flags, config files, resolved-config output.
+
+Every stage takes ``--dataset --data-root --split --out --device --seed --config``. A config file (JSON or YAML)
+supplies defaults by flag name (``data_root`` or ``data-root``); flags given on the command line override it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..data import registry
+
+from ..files import atomic_write_json, software_versions
+
+__all__ = [
+    "add_data_args",
+    "add_run_args",
+    "parse_args_with_config",
+    "dataset_options",
+    "open_dataset",
+    "run_stage",
+    "write_config",
+    "load_config_file",
+]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults in ``--help`` and keep the description's line breaks."""
+
+
+def add_data_args(parser: argparse.ArgumentParser, split: str = "train") -> None:
+    """Flags that choose the data: dataset name, root, split and loader options."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default="phantom", help="dataset name: nlst, lungct, acdc or phantom")
+    group.add_argument("--data-root", default=None, help="dataset folder (its layout: README, Data)")
+    group.add_argument("--split", default=split, help="split to use: train, val or test")
+    group.add_argument("--ndim", type=int, choices=(2, 3), default=None,
+                       help="2 for the documented 2D mode of a 3D dataset (default: the data's own)")
+    group.add_argument("--image-size", type=int, nargs="+", default=None,
+                       help="crop/pad every image to this shape (voxels, one value per axis)")
+    group.add_argument("--target-spacing", type=float, nargs="+", default=None,
+                       help="resample every image to this spacing (mm, one value per axis)")
+    group.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="extra keyword option of the dataset class (VALUE parsed as JSON when possible); repeatable")
+
+
+def add_run_args(parser: argparse.ArgumentParser, out: str) -> None:
+    """Flags every stage shares: output folder, device, seed and config file."""
+    group = parser.add_argument_group("run")
+    group.add_argument("--out", default=out, help="output folder")
+    group.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    group.add_argument("--seed", type=int, default=0, help="random seed")
+    group.add_argument("--config", default=None, help="JSON or YAML file of option defaults (flags override it)")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or YAML mapping of option names to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--config {path}: file not found")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as error:  # noqa: BLE001 - any parse error is reported with the file name
+        raise ValueError(f"--config {path}: cannot parse ({error})") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
+    # A resolved config.json of an earlier run nests the options; accept it as a template.
+    return dict(data.get("options", data))
+
+
+def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; when ``--config`` is given, its values become defaults that explicit flags override."""
+    args = parser.parse_args(argv)
+    if not args.config:
+        return args
+    known = {action.dest for action in parser._actions}
+    defaults = {}
+    for key, value in load_config_file(args.config).items():
+        dest = key.replace("-", "_")
+        if dest == "config":
+            continue
+        if dest not in known:
+            raise ValueError(f"--config {args.config}: unknown option {key!r}")
+        defaults[dest] = value
+    parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword options for :func:`~..data.registry.get_dataset` from the data flags."""
+    options: dict[str, Any] = {}
+    if args.ndim is not None:
+        options["ndim"] = args.ndim
+    if args.image_size is not None:
+        options["shape"] = tuple(args.image_size)
+    if args.target_spacing is not None:
+        options["spacing"] = tuple(args.target_spacing)
+    for item in args.dataset_option or []:
+        if "=" not in item:
+            raise ValueError(f"--dataset-option expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def open_dataset(args: argparse.Namespace, split: str | None = None) -> Any:
+    """The ``split`` (default ``--split``) of the dataset named by the data flags.
+
+    A dataset error is re-raised with the data flags that were given, so the user sees which option to fix.
+    """
+    split = args.split if split is None else split
+    if args.data_root is None:
+        raise ValueError(f"--data-root is required: the {args.dataset} dataset folder")
+    try:
+        return registry.get_dataset(args.dataset, args.data_root, split, **dataset_options(args))
+    except (ValueError, FileNotFoundError) as error:  # a missing root or description file is bad input too
+        given = [f"--dataset {args.dataset}", f"--data-root {args.data_root}", f"split {split!r}"]
+        for flag, value in (("--ndim", args.ndim), ("--image-size", args.image_size),
+                            ("--target-spacing", args.target_spacing), ("--dataset-option", args.dataset_option)):
+            if value:
+                given.append(f"{flag} {' '.join(map(str, value)) if isinstance(value, (list, tuple)) else value}")
+        raise ValueError(f"{', '.join(given)}: {error}") from error
+
+
+def run_stage(parser: argparse.ArgumentParser, work: Callable[[argparse.Namespace], Any],
+              argv: Sequence[str] | None = None, errors: tuple[type[Exception], ...] = (ValueError,)) -> int:
+    """Parse ``argv`` (with ``--config``), call ``work(args)`` and return the exit code.
+
+    ``errors`` (bad input, found before any output is written) exit with code 2 and the message on stderr.
+    """
+    try:
+        args = parse_args_with_config(parser, argv)
+        result = work(args)
+    except errors as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    print(f"done: {result}")
+    return 0
+
+
+def write_config(out: str | Path, args: argparse.Namespace, **extra: Any) -> Path:
+    """Write ``out/config.json``: every resolved option, extra facts (dataset, classes) and software versions."""
+    config = {"options": vars(args).copy(), **extra, "software": software_versions()}
+    return atomic_write_json(config, Path(out) / "config.json")

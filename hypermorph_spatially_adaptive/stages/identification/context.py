@@ -1,0 +1,220 @@
+"""The resolved identification run: every input checked and loaded before the first file is written.
+
+Three modes share it: a single run (the grid over every pair of a split), a ``--shard K/N`` run (a slice of the
+pairs; grid scores only) and ``--merge DIR...`` (finished shards read back; no model run unless ``--refine``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ...models.checkpoints import ModelInfo, load_trained_model
+from ...runtime import resolve_device
+from ..cli import dataset_options, open_dataset
+from .grid import parse_values, simplex_grid, value_grid
+from .grid_scores import GridScores, merge_grid_scores, parse_shard, read_grid_scores, shard_pair_ids
+from .scoring import default_grid_batch
+
+__all__ = ["StageContext", "prepare", "run_identity"]
+
+# Options that must agree between the shards of one --merge.
+_SHARD_KEYS = ("model", "selection_labels", "dataset", "data_root", "split", "ndim", "image_size", "target_spacing",
+               "dataset_option", "max_pairs", "grid_step", "lam_values", "mu_values")
+
+
+@dataclass
+class StageContext:
+    """Everything a run needs, resolved and checked before the first file is written."""
+
+    device: torch.device
+    class_names: tuple[str, ...]
+    pair_ids: list[str]
+    grid: torch.Tensor | None = None
+    dataset: Any = None
+    selection: Any = None
+    index: dict[str, int] | None = None
+    model: torch.nn.Module | None = None
+    spatial: torch.nn.Module | None = None
+    shard: tuple[int, int] | None = None
+    merged: GridScores | None = None
+    shard_options: dict[str, Any] | None = None
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    for flag, value, low in (("--grid-batch", args.grid_batch, 1), ("--subject-figures", args.subject_figures, 0),
+                             ("--refine-sweeps", args.refine_sweeps, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+    if args.max_pairs is not None and args.max_pairs < 1:
+        raise ValueError(f"--max-pairs must be >= 1, got {args.max_pairs}")
+    if args.refine_step is not None and not 0 < args.refine_step <= 1:
+        raise ValueError(f"--refine-step must lie in (0, 1], got {args.refine_step}")
+    lam, mu = args.background_value
+    if lam < 0 or mu < 0 or lam + mu > 1:
+        raise ValueError(f"--background-value {lam} {mu}: need lam, mu >= 0 with lam + mu <= 1")
+    if args.merge and (args.shard or args.resume):
+        raise ValueError("--merge combines finished shards; it takes neither --shard nor --resume")
+    if args.shard and args.refine:
+        raise ValueError("--refine tunes on all pairs: give it to the --merge step, not to a --shard run")
+    if args.refine and not args.spatial_model:
+        raise ValueError("--refine needs --spatial-model (a checkpoint of train_hypermorph_spatial.py)")
+
+
+def _grid(args: argparse.Namespace) -> torch.Tensor:
+    lattice = simplex_grid(args.grid_step)
+    if args.lam_values or args.mu_values:
+        steps = sorted(set(lattice[:, 0].tolist()))
+        lam = parse_values(args.lam_values, "--lam-values") if args.lam_values else steps
+        grid = value_grid(lam, parse_values(args.mu_values, "--mu-values") if args.mu_values else steps)
+    else:
+        grid = lattice
+    if not bool((grid != 0).any()):
+        raise ValueError("the grid holds only (0, 0), which is never chosen; use a finer --grid-step or more values")
+    return grid
+
+
+def _relabelled(dataset: Any, folder: Path) -> Any:
+    """``dataset`` reading its label maps from ``--selection-labels`` (same file names)."""
+    try:
+        return dataset.with_label_folder(folder)
+    except ValueError as error:
+        raise ValueError(f"--selection-labels {error}") from None
+
+
+def _load_global(args: argparse.Namespace, device: torch.device, class_names: Sequence[str]) -> torch.nn.Module:
+    if not args.model:
+        raise ValueError("--model is required (the global model checkpoint, e.g. runs/NAME/global/checkpoints/best.pt)")
+    model, info = load_trained_model(args.model, expect="global", map_location=device, argument="--model")
+    if model.nb_hyp_params != 2 or info.regularizer != "elastic":
+        raise ValueError(f"--model {args.model}: a {info.regularizer} model with {model.nb_hyp_params} parameter(s); "
+                         f"identification needs the elastic global model (lam, mu)")
+    _check_classes("--model", info, class_names)
+    return model
+
+
+def _check_classes(flag: str, info: ModelInfo, class_names: Sequence[str]) -> None:
+    # A bare model.save file of a global model records no classes; nothing to compare then.
+    if info.class_names and tuple(info.class_names) != tuple(class_names):
+        raise ValueError(f"{flag} {info.path}: the model was trained with classes {list(info.class_names)}, the data "
+                         f"has classes {list(class_names)}")
+
+
+def _load_spatial(args: argparse.Namespace, device: torch.device, class_names: Sequence[str]) -> torch.nn.Module:
+    model, info = load_trained_model(args.spatial_model, expect="spatial", map_location=device,
+                                     argument="--spatial-model")
+    if model.nb_hyp_params != 2 * len(class_names) or info.regularizer != "elastic":
+        raise ValueError(f"--spatial-model {args.spatial_model}: a {info.regularizer} model with "
+                         f"{model.nb_hyp_params} parameters; --refine needs the elastic model of the data's "
+                         f"{len(class_names)} classes ({2 * len(class_names)} parameters)")
+    _check_classes("--spatial-model", info, class_names)
+    return model
+
+
+def _check_first_item(args: argparse.Namespace, ctx: StageContext) -> None:
+    index = ctx.index[ctx.pair_ids[0]]
+    item = ctx.dataset[index]
+    if "fixed_labels" not in item:
+        raise ValueError(f"--dataset {args.dataset} split {args.split!r}: pair {ctx.pair_ids[0]} has no label maps; "
+                         f"tissue-specific identification needs them")
+    if args.criterion == "tre" and len(item.get("fixed_keypoints", ())) == 0:
+        raise ValueError(f"--criterion tre: pair {ctx.pair_ids[0]} of --dataset {args.dataset} split {args.split!r} "
+                         f"has no keypoints; use --criterion dice")
+    if ctx.selection is not None:
+        try:
+            ctx.selection[index]
+        except ValueError as error:
+            raise ValueError(f"--selection-labels {args.selection_labels}: {error}") from error
+
+
+def _read_shards(args: argparse.Namespace) -> tuple[GridScores, dict[str, Any]]:
+    parts, configs = [], []
+    for folder in map(Path, args.merge):
+        for name in ("grid_scores.csv", "config.json"):
+            if not (folder / name).is_file():
+                raise ValueError(f"--merge {folder}: {name} not found (not a finished --shard output folder)")
+        config = json.loads((folder / "config.json").read_text())
+        if "shard" not in config:
+            raise ValueError(f"--merge {folder}: config.json was not written by a --shard run")
+        if folder.resolve() == Path(args.out).resolve():
+            raise ValueError(f"--out {args.out} must differ from the --merge folders")
+        try:
+            parts.append(read_grid_scores(folder / "grid_scores.csv"))
+        except ValueError as error:
+            raise ValueError(f"--merge {folder}: {error}") from error
+        configs.append(config)
+    reference = {key: configs[0]["options"].get(key) for key in _SHARD_KEYS}
+    for folder, config in zip(args.merge[1:], configs[1:]):
+        differ = [key for key in _SHARD_KEYS if config["options"].get(key) != reference[key]]
+        if differ:
+            raise ValueError(f"--merge {folder}: options {differ} differ from those of {args.merge[0]}")
+    total = configs[0]["shard"][1]
+    found = sorted(config["shard"][0] for config in configs)
+    if any(config["shard"][1] != total for config in configs) or found != list(range(1, total + 1)):
+        raise ValueError(f"--merge: need the shards 1..{total} of {total} exactly once, got "
+                         f"{[f'{k}/{n}' for k, n in (c['shard'] for c in configs)]}")
+    return merge_grid_scores(parts, [str(folder) for folder in args.merge]), reference
+
+
+def prepare(args: argparse.Namespace) -> StageContext:
+    """Check every option and input, load models and data; nothing is written."""
+    _check_numbers(args)
+    device = resolve_device(args.device)
+    args.grid_batch = args.grid_batch or default_grid_batch(device)  # config.json records the value used
+    if args.merge:
+        merged, options = _read_shards(args)
+        if args.criterion == "tre" and not bool(torch.isfinite(merged.tre_mm).any()):
+            raise ValueError("--criterion tre: the shards' grid scores hold no TRE (the pairs have no keypoints)")
+        ctx = StageContext(device, merged.class_names, list(merged.pair_ids), merged.grid, merged=merged,
+                     shard_options=options)
+        if not args.refine:
+            return ctx
+        ctx.dataset = open_dataset(args)
+        missing = sorted(set(ctx.pair_ids) - set(ctx.dataset.pair_ids))
+        if missing or tuple(ctx.dataset.class_names) != ctx.class_names \
+                or args.selection_labels != options["selection_labels"]:
+            raise ValueError(f"--refine after --merge: the data flags and --selection-labels must name the shards' "
+                             f"data and labels ({options['selection_labels']}); pairs {missing} are missing or the "
+                             f"classes {list(ctx.dataset.class_names)} differ from {list(ctx.class_names)}")
+    else:
+        ctx = StageContext(device, (), [], _grid(args), shard=parse_shard(args.shard) if args.shard else None)
+        ctx.dataset = open_dataset(args)
+        ctx.class_names = tuple(ctx.dataset.class_names)
+        ctx.model = _load_global(args, device, ctx.class_names)
+        pair_ids = sorted(ctx.dataset.pair_ids)
+        if len(set(pair_ids)) != len(pair_ids):
+            raise ValueError(f"--dataset {args.dataset}: pair ids are not unique")
+        pair_ids = pair_ids[:args.max_pairs]
+        ctx.pair_ids = shard_pair_ids(pair_ids, *ctx.shard) if ctx.shard else pair_ids
+        if not ctx.pair_ids:
+            raise ValueError(f"--shard {args.shard}: no pairs for this shard ({len(pair_ids)} pairs in all)")
+    ctx.index = {pair_id: i for i, pair_id in enumerate(ctx.dataset.pair_ids)}
+    if args.selection_labels:
+        ctx.selection = _relabelled(ctx.dataset, Path(args.selection_labels))
+    _check_first_item(args, ctx)
+    if args.spatial_model:
+        ctx.spatial = _load_spatial(args, device, ctx.class_names)
+    if args.resume:
+        _check_resume(args, ctx)
+    return ctx
+
+
+def run_identity(args: argparse.Namespace, ctx: StageContext) -> dict[str, Any]:
+    """What per-pair results depend on; a resumed run must match it."""
+    identity = {"model": str(Path(args.model).resolve()), "dataset": args.dataset,
+                "data_root": str(Path(args.data_root).resolve()), "split": args.split,
+                "dataset_options": dataset_options(args), "class_names": list(ctx.class_names),
+                "selection_labels": str(Path(args.selection_labels).resolve()) if args.selection_labels else None,
+                "grid": ctx.grid.tolist()}
+    return json.loads(json.dumps(identity, default=str))
+
+
+def _check_resume(args: argparse.Namespace, ctx: StageContext) -> None:
+    stored = Path(args.out) / ".partial" / "run.json"
+    if stored.is_file() and json.loads(stored.read_text()) != run_identity(args, ctx):
+        raise ValueError(f"--resume: {stored.parent} holds results of a run with other model, data, labels or grid; "
+                         f"rerun without --resume to start over")

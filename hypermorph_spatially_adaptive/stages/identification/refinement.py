@@ -1,0 +1,111 @@
+"""``--refine``: improve the per-class parameter vector jointly with the spatially adaptive model (beyond the paper).
+
+The grid search scores each class with the *global* model, one (lam, mu) for the whole image. The spatially
+adaptive model sees all classes' values at once, so the best vector for it may differ. :func:`refine_vector`
+starts from the grid choice and runs a coordinate (compass) search: for each foreground class, the six
+neighbours of its (lam, mu) on the triangular lattice of spacing ``step`` (inside the simplex, never (0, 0))
+are tried with the other classes fixed, all candidates in one batched pass per pair; the best is accepted
+when it improves the :func:`.choice.objective` over the tuning pairs. A sweep without improvement halves
+the step. The result is never worse than the start on those pairs: both are re-evaluated alone at the end and
+the start is kept unless the refined vector scores strictly better.
+
+Vectors are ``[K, 2C]``, all lambdas then all mus (class 0 = background, left as given).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ...core.hyperparams import join_hyperparams
+from .choice import best_index, objective
+from .grid import TOLERANCE
+from .scoring import evaluate_pair
+
+__all__ = ["Refinement", "evaluate_vectors", "neighbours", "refine_vector"]
+
+#: Lattice directions in (lam, mu): along each axis and along the simplex edge lam + mu = const.
+_DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, -1), (-1, 1))
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """Result of :func:`refine_vector`: per-class ``lam``, ``mu`` ``[C]``, objective at the start and the end,
+    per-class mean ``dice`` and ``tre_mm`` ``[C]`` at the returned vector, and the work done."""
+
+    lam: torch.Tensor
+    mu: torch.Tensor
+    start_score: float
+    score: float
+    dice: torch.Tensor
+    tre_mm: torch.Tensor
+    sweeps: int
+    evaluations: int
+
+
+def evaluate_vectors(model: torch.nn.Module, items: Sequence[dict[str, Any]], hyper: torch.Tensor,
+                     num_classes: int, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class Dice and TRE (mm) of the spatial ``model`` at ``K`` vectors ``hyper`` ``[K, 2C]`` on every item
+    (:func:`.scoring.evaluate_pair`, ``batch`` vectors per forward pass, None: its default): float64
+    ``([P, K, C], [P, K, C])``."""
+    scores = [evaluate_pair(model, item, hyper, num_classes, batch) for item in items]
+    return torch.stack([s["dice"] for s in scores]), torch.stack([s["tre_mm"] for s in scores])
+
+
+def neighbours(lam: float, mu: float, step: float) -> list[tuple[float, float]]:
+    """Lattice neighbours of ``(lam, mu)`` at ``step`` inside the simplex, excluding (0, 0)."""
+    out = []
+    for dl, dm in _DIRECTIONS:
+        a, b = round(lam + dl * step, 12), round(mu + dm * step, 12)
+        if a >= -TOLERANCE and b >= -TOLERANCE and a + b <= 1.0 + TOLERANCE and (a > TOLERANCE or b > TOLERANCE):
+            out.append((max(a, 0.0), max(b, 0.0)))
+    return out
+
+
+def refine_vector(model: torch.nn.Module, items: Sequence[dict[str, Any]], lam: torch.Tensor, mu: torch.Tensor,
+                  step: float, criterion: str = "dice", sweeps: int = 3) -> Refinement:
+    """Coordinate search from ``lam``, ``mu`` ``[C]`` over the foreground classes (see the module docstring).
+
+    ``items`` are the tuning pairs (with the labels that choose); ``criterion`` ``dice`` (maximise the mean
+    foreground Dice) or ``tre`` (minimise the class-averaged TRE), as :func:`.choice.objective`.
+    """
+    num_classes = lam.numel()
+    higher = criterion == "dice"
+
+    def evaluate(vectors: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        hyper = join_hyperparams(torch.stack([v[0] for v in vectors]), torch.stack([v[1] for v in vectors]))
+        return evaluate_vectors(model, items, hyper, num_classes)
+
+    def better(a: float, b: float) -> bool:
+        return a > b if higher else a < b
+
+    start = (lam.to(torch.float64).clone(), mu.to(torch.float64).clone())
+    start_dice, start_tre = evaluate([start])
+    start_score = float(objective(start_dice, start_tre, criterion)[0])
+    current, current_score, evaluations, done = start, start_score, 1, 0
+    for done in range(1, sweeps + 1):
+        improved = False
+        for class_id in range(1, num_classes):
+            candidates = []
+            for a, b in neighbours(float(current[0][class_id]), float(current[1][class_id]), step):
+                candidate = (current[0].clone(), current[1].clone())
+                candidate[0][class_id], candidate[1][class_id] = a, b
+                candidates.append(candidate)
+            if not candidates:
+                continue
+            values = objective(*evaluate(candidates), criterion)
+            evaluations += len(candidates)
+            best = best_index(values, torch.ones_like(values, dtype=torch.bool), higher)
+            if better(float(values[best]), current_score):
+                current, current_score, improved = candidates[best], float(values[best]), True
+        if not improved:
+            step /= 2.0
+    # Scores above came from batches of candidates; compare start and end each evaluated alone, as a caller would.
+    dice, tre = evaluate([current])
+    final_score = float(objective(dice, tre, criterion)[0])
+    evaluations += 1
+    if not better(final_score, start_score):
+        current, final_score, dice, tre = start, start_score, start_dice, start_tre
+    return Refinement(current[0], current[1], start_score, final_score, dice[:, 0].nanmean(0), tre[:, 0].nanmean(0),
+                      done, evaluations)

@@ -1,0 +1,67 @@
+"""The command line of the inference stage (``inference.py``, ``hypermorph-infer``): compare the methods of
+:mod:`.pairs` on the pairs of a dataset split, or on an explicit fixed/moving pair of NIfTI files.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from ...data import nifti_io
+from ..cli import HelpFormatter, add_data_args, add_run_args, run_stage
+from .pairs import DEFAULT_METHODS, METHODS
+from .stage import run
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags of ``inference.py``."""
+    parser = argparse.ArgumentParser(
+        description="Register pairs with the identified regularization parameters and compare the methods.\n"
+                    "Writes OUT/<method>/{warped,warped_labels,disp,jacdet}_<fixed>_<moving>.nii.gz, "
+                    "OUT/metrics.csv,\nOUT/summary.csv, OUT/summary.md, OUT/figures/ and OUT/config.json.",
+        formatter_class=HelpFormatter)
+    add_data_args(parser, split="test")
+    add_run_args(parser, out="runs/default/inference")
+    group = parser.add_argument_group("models and parameters")
+    group.add_argument("--model", default="runs/default/spatial/checkpoints/best.pt",
+                       help="spatially adaptive checkpoint (methods tissue_population, tissue_subject, literature)")
+    group.add_argument("--global-model", default="runs/default/global/checkpoints/best.pt",
+                       help="global checkpoint (method global)")
+    group.add_argument("--parameters", default="runs/default/identification/parameters.csv",
+                       help="parameters.csv written by parameter_identification.py")
+    group.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
+                       help=f"methods to compare, of {', '.join(METHODS)}")
+    group.add_argument("--refined", action="store_true",
+                       help="use the population_refined scope instead of population when the file has it")
+    group.add_argument("--literature-values", type=float, nargs="+", default=None, metavar="VALUE",
+                       help="method literature: 'LAM MU' for every class, or lam_0..lam_{C-1} mu_0..mu_{C-1}")
+    files = parser.add_argument_group("explicit files (instead of a dataset split)")
+    files.add_argument("--fixed", default=None, help="fixed image (NIfTI); the outputs live on its grid")
+    files.add_argument("--moving", default=None, help="moving image (NIfTI)")
+    files.add_argument("--fixed-labels", default=None, help="fixed label map, for Dice/HD95 (with --moving-labels)")
+    files.add_argument("--moving-labels", default=None, help="moving label map (on the moving image's grid)")
+    files.add_argument("--fixed-keypoints", default=None, help="fixed keypoints CSV (voxels, no header), for TRE")
+    files.add_argument("--moving-keypoints", default=None, help="moving keypoints CSV (voxels of the moving image)")
+    files.add_argument("--pair-id", default=None,
+                       help="id to look up subject-specific rows (default: <fixed stem>_<moving stem>)")
+    files.add_argument("--intensity", choices=("auto", *nifti_io.INTENSITY_MODES), default="auto",
+                       help="scaling to [0, 1] as in training: ct window, mr percentiles, none; auto: mr for a "
+                            "model trained on acdc, else ct")
+    files.add_argument("--no-resample", action="store_true",
+                       help="fail instead of resampling a moving image on another grid onto the fixed grid")
+    evaluation = parser.add_argument_group("evaluation and outputs")
+    evaluation.add_argument("--hd95", action=argparse.BooleanOptionalAction, default=True,
+                            help="compute HD95 (slow for large 3D label maps)")
+    evaluation.add_argument("--no-save-outputs", action="store_true",
+                            help="write metrics, summary and figures only (no NIfTI volumes)")
+    evaluation.add_argument("--figures", type=int, default=4, metavar="N", help="figures for the first N pairs")
+    evaluation.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs")
+    evaluation.add_argument("--resume", action="store_true",
+                            help="skip pairs whose rows (OUT/.partial/) and outputs already exist")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``inference.py``; returns the exit code (2 for bad input, nothing written)."""
+    return run_stage(build_parser(), run, argv)

@@ -1,0 +1,164 @@
+"""The resolved inference run: methods, models, pairs and parameters checked before anything is written."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ...core.hyperparams import validate_hyperparams
+from ...data import nifti_io
+from ...models.checkpoints import ModelInfo, load_trained_model
+from ...models.networks import HyperVxmDense
+from ...runtime import resolve_device
+from ..cli import open_dataset
+from ..parameter_table import GLOBAL, POPULATION, POPULATION_REFINED, ParameterTable, read_parameters
+from .pairs import LITERATURE, METHODS, SPATIAL_METHODS, output_stem
+
+__all__ = ["StageContext", "prepare"]
+
+
+@dataclass
+class StageContext:
+    args: argparse.Namespace
+    out: Path
+    device: torch.device
+    methods: list[str]
+    models: dict[str, tuple[HyperVxmDense, ModelInfo]]
+    class_names: tuple[str, ...]
+    table: ParameterTable
+    population_scope: str
+    literature: torch.Tensor | None
+    pair_ids: list[str]
+    stems: list[str]
+    dataset: Any
+    explicit_item: dict[str, Any] | None
+
+    def item(self, index: int) -> dict[str, Any]:
+        return self.explicit_item if self.explicit_item is not None else self.dataset[index]
+
+
+def _check_methods(methods: Sequence[str]) -> list[str]:
+    methods = [str(m) for m in methods]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"--methods: unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"--methods must name each method once, got {methods}")
+    return methods
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    if (args.fixed is None) != (args.moving is None):
+        raise ValueError("--fixed and --moving must be given together (explicit-files mode)")
+    if args.fixed is None and args.data_root is None:
+        raise ValueError("--data-root is required (the dataset folder), or give --fixed and --moving")
+    if args.figures < 0:
+        raise ValueError(f"--figures must be >= 0, got {args.figures}")
+    if args.max_pairs is not None and args.max_pairs < 1:
+        raise ValueError(f"--max-pairs must be >= 1, got {args.max_pairs}")
+
+
+def _literature(values: Sequence[float] | None, class_names: Sequence[str]) -> torch.Tensor:
+    if values is None:
+        raise ValueError("--methods literature needs --literature-values (LAM MU, or 2C values)")
+    C = len(class_names)
+    if len(values) == 2:
+        values = [values[0]] * C + [values[1]] * C
+    if len(values) != 2 * C:
+        raise ValueError(f"--literature-values: give 2 values (lam mu for every class) or {2 * C} (lambdas then "
+                         f"mus of {list(class_names)}), got {len(values)}")
+    return validate_hyperparams(torch.tensor([values], dtype=torch.float32), C, "--literature-values")
+
+
+def _load_models(args: argparse.Namespace, methods: list[str], device: torch.device) -> dict:
+    models = {}
+    if any(m in SPATIAL_METHODS for m in methods):
+        models["spatial"] = load_trained_model(args.model, expect="spatial", map_location=device, argument="--model")
+    if "global" in methods:
+        models["global"] = load_trained_model(args.global_model, expect="global", map_location=device,
+                                              argument="--global-model")
+    return models
+
+
+def _reference_classes(models: dict, dataset: Any) -> tuple[str, ...] | None:
+    """Classes every input must share: the spatial model's, else the dataset's, else a global model's."""
+    if "spatial" in models:
+        return models["spatial"][1].class_names
+    if dataset is not None:
+        return tuple(dataset.class_names)
+    return models["global"][1].class_names or None
+
+
+def _open_pairs(args: argparse.Namespace, models: dict) -> tuple[Any, dict | None]:
+    if args.fixed is None:
+        return open_dataset(args), None  # an empty split is a ValueError there
+    intensity = args.intensity
+    if intensity == "auto":
+        trained_on = [(info.run_config or {}).get("dataset") for _, info in models.values()]
+        intensity = "mr" if "acdc" in trained_on else "ct"
+    classes = _reference_classes(models, None)
+    item = nifti_io.read_pair(args.fixed, args.moving, fixed_labels=args.fixed_labels,
+                              moving_labels=args.moving_labels, fixed_keypoints=args.fixed_keypoints,
+                              moving_keypoints=args.moving_keypoints, intensity=intensity,
+                              resample=not args.no_resample, num_classes=len(classes) if classes else None,
+                              pair_id=args.pair_id)
+    return None, item
+
+
+def _check_scopes(table: ParameterTable, methods: list[str], population_scope: str, pair_ids: list[str],
+                  source: str) -> None:
+    needed = {}
+    if "global" in methods:
+        needed[GLOBAL] = "global"
+    if "tissue_population" in methods:
+        needed[population_scope] = "tissue_population"
+    if "tissue_subject" in methods and any(not table.has(p) for p in pair_ids):
+        needed[population_scope] = "tissue_subject (for pairs without their own rows)"
+    for scope, method in needed.items():
+        if not table.has(scope):
+            raise ValueError(f"--parameters {source}: no rows for scope {scope!r}, needed by --methods {method}; "
+                             f"scopes present: {table.scopes}")
+
+
+def prepare(args: argparse.Namespace) -> StageContext:
+    """Check every option and input, load the models, pairs and parameters; nothing is written."""
+    methods = _check_methods(args.methods)
+    _check_flags(args)
+    device = resolve_device(args.device)
+    models = _load_models(args, methods, device)
+    dataset, explicit_item = _open_pairs(args, models)
+    data_ndim = dataset.ndim if dataset is not None else explicit_item["fixed"].dim() - 1
+    for kind, (model, info) in models.items():
+        if model.ndim != data_ndim:
+            flag = "--model" if kind == "spatial" else "--global-model"
+            where = f"--dataset {args.dataset}" if dataset is not None else f"--fixed {args.fixed}"
+            raise ValueError(f"{flag} {info.path}: a {model.ndim}D model cannot register the {data_ndim}D images of "
+                             f"{where}")
+    reference = _reference_classes(models, dataset)
+    if dataset is not None and reference is not None and tuple(dataset.class_names) != tuple(reference):
+        raise ValueError(f"--dataset {args.dataset}: classes {list(dataset.class_names)} do not match the classes "
+                         f"of --model {args.model}: {list(reference)}")
+    try:
+        table = read_parameters(args.parameters, class_names=reference)
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(message if message.startswith("--parameters") else f"--parameters {message}") from error
+    class_names = tuple(reference) if reference is not None else table.class_names
+    population_scope = POPULATION_REFINED if args.refined and table.has(POPULATION_REFINED) else POPULATION
+    if dataset is not None:
+        pair_ids = dataset.pair_ids[: args.max_pairs]
+        stems = [output_stem(p) for p in pair_ids]
+    else:
+        pair_ids = [explicit_item["pair_id"]]
+        stems = [f"{nifti_io.file_stem(args.fixed)}_{nifti_io.file_stem(args.moving)}"]
+    _check_scopes(table, methods, population_scope, pair_ids, args.parameters)
+    literature = _literature(args.literature_values, class_names) if LITERATURE in methods else None
+    out = Path(args.out)
+    if not args.resume and ((out / "metrics.csv").exists() or (out / ".partial").exists()):
+        raise ValueError(f"--out {out} already holds inference results; pass --resume to continue them or choose "
+                         f"another --out")
+    return StageContext(args, out, device, methods, models, class_names, table, population_scope, literature, pair_ids,
+                  stems, dataset, explicit_item)

@@ -1,0 +1,124 @@
+"""Inference on one pair: the method's parameters, the registration, its scores and its output files.
+
+Methods (:data:`METHODS`): ``global`` (the global model at the ``global`` scope of ``parameters.csv``),
+``tissue_population`` (the spatial model with the ``population`` vector, or ``population_refined``),
+``tissue_subject`` (the spatial model with the pair's own rows, else the population vector) and ``literature``
+(the spatial model at one given (lam, mu) for every class, or a given vector). The networks see only the two images
+and the parameter vector; labels and keypoints are used for scoring only. Output files of a pair, on the fixed grid
+with its affine, in ``OUT/<method>/``: ``warped_<stem>``, ``warped_labels_<stem>`` (with labels), ``disp_<stem>``
+(Learn2Reg ``[*S, ndim]``, voxels) and ``jacdet_<stem>`` ``.nii.gz`` (:func:`output_paths`).
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ...core.metrics import jacobian_determinant, warp_labels
+from ...data import nifti_io
+from ...evaluation.pair_metrics import pair_metrics
+from ...models.networks import HyperVxmDense
+from ..parameter_table import GLOBAL, POPULATION, ParameterTable
+
+__all__ = ["METHODS", "DEFAULT_METHODS", "SPATIAL_METHODS", "LITERATURE", "PairResult", "output_stem",
+           "method_parameters", "register", "score_pair", "output_paths", "write_outputs"]
+
+METHODS = ("global", "tissue_population", "tissue_subject", "literature")
+DEFAULT_METHODS = ("global", "tissue_population", "tissue_subject")
+SPATIAL_METHODS = ("tissue_population", "tissue_subject", "literature")
+LITERATURE = "literature"
+
+def output_stem(pair_id: str) -> str:
+    """Learn2Reg file stem ``<fixed case>_<moving case>`` of a dataset pair: ``"0101"`` -> ``"0101_0101"``.
+
+    Ids with both cases already (``"0001_0002"``) or of other datasets (``"patient001"``) are kept as they are.
+    """
+    return f"{pair_id}_{pair_id}" if re.fullmatch(r"\d+", pair_id) else pair_id
+
+
+def method_parameters(method: str, pair_id: str, table: ParameterTable, population_scope: str = POPULATION,
+                      literature: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+    """The model input ``[1, P]`` of ``method`` for ``pair_id`` and the scope it came from.
+
+    ``global`` -> ``[[lam, mu]]`` of the global scope; ``tissue_population`` -> ``population_scope``;
+    ``tissue_subject`` -> the pair's own scope, else ``population_scope``; ``literature`` -> ``literature``.
+    """
+    if method == "global":
+        return torch.tensor([table.global_pair()], dtype=torch.float32), GLOBAL
+    if method == "tissue_population":
+        return table.hyper(population_scope), population_scope
+    if method == "tissue_subject":
+        scope = table.subject_scope(pair_id, fallback=population_scope)
+        return table.hyper(scope), scope
+    if method == LITERATURE:
+        if literature is None:
+            raise ValueError("--methods literature needs --literature-values")
+        return literature.reshape(1, -1).float(), LITERATURE
+    raise ValueError(f"--methods: unknown method {method!r}; choose from {', '.join(METHODS)}")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def register(model: HyperVxmDense, item: dict[str, Any], hyper: torch.Tensor,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Run ``model`` on one item: warped moving ``[1, 1, *S]``, displacement ``[1, ndim, *S]`` and the seconds
+    spent in the forward pass and integration (CUDA synchronised before and after)."""
+    moving, fixed = item["moving"][None].to(device), item["fixed"][None].to(device)
+    hyper = hyper.to(device)
+    _synchronize(device)
+    start = time.perf_counter()
+    output = model(moving, fixed, hyper)
+    _synchronize(device)
+    return output.warped, output.displacement, time.perf_counter() - start
+
+
+@dataclass
+class PairResult:
+    """One pair registered by one method: arrays ``[*S]`` (field ``[ndim, *S]``) on the CPU and its metrics row."""
+
+    warped: torch.Tensor
+    warped_labels: torch.Tensor | None
+    displacement: torch.Tensor
+    jacdet: torch.Tensor
+    row: dict[str, Any]
+
+
+def score_pair(item: dict[str, Any], method: str, warped: torch.Tensor, displacement: torch.Tensor,
+               runtime_s: float, source: str, class_names: Sequence[str], hd95: bool) -> PairResult:
+    """Metrics row (the documented columns plus ``epe_mm``, ``parameters_source``) and the arrays to write."""
+    field = displacement[0].detach().cpu()
+    warped_labels = None
+    if "moving_labels" in item:
+        warped_labels = warp_labels(item["moving_labels"][None], field[None])[0, 0]
+    jacdet = jacobian_determinant(field, tuple(float(s) for s in item["spacing"]))
+    metrics = pair_metrics(field, item, class_names, hd95=hd95, jacobian=jacdet, warped_labels=warped_labels)
+    row = {"pair_id": item["pair_id"], "method": method, "hd95_mm": float("nan"), "epe_mm": float("nan"),
+           **metrics, "runtime_s": runtime_s, "parameters_source": source}
+    return PairResult(warped[0, 0].detach().cpu(), warped_labels, field, jacdet, row)
+
+
+def output_paths(out: Path, method: str, stem: str, labels: bool) -> dict[str, Path]:
+    folder = out / method
+    paths = {kind: folder / f"{kind}_{stem}.nii.gz" for kind in ("warped", "disp", "jacdet")}
+    if labels:
+        paths["warped_labels"] = folder / f"warped_labels_{stem}.nii.gz"
+    return paths
+
+
+def write_outputs(paths: dict[str, Path], result: PairResult, affine: torch.Tensor) -> None:
+    """Write the NIfTI volumes of one result on the fixed grid (``affine`` 4x4)."""
+    nifti_io.write_volume(paths["warped"], result.warped.float().numpy(), affine)
+    nifti_io.write_displacement(paths["disp"], result.displacement, affine)
+    nifti_io.write_volume(paths["jacdet"], result.jacdet.float().numpy(), affine)
+    if "warped_labels" in paths:
+        labels = result.warped_labels.numpy()
+        nifti_io.write_volume(paths["warped_labels"], labels.astype("uint8" if labels.max(initial=0) < 256
+                                                                    else "int16"), affine)

@@ -1,0 +1,103 @@
+"""The inference run: register every pair with every method, score it, write the outputs and the report.
+
+Writes ``OUT/<method>/`` (:mod:`.pairs`), ``OUT/metrics.csv``, ``OUT/summary.{csv,md}`` (:mod:`.report`),
+``OUT/figures/`` (:mod:`.figures`) and ``OUT/config.json``. Rows of finished pairs go to ``OUT/.partial/`` as they
+are written, so ``--resume`` skips them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ...files import atomic_write_json
+from ...runtime import seed_everything
+from ..cli import write_config
+from ..parameter_table import POPULATION, POPULATION_REFINED
+from . import figures, report
+from .context import StageContext, prepare
+from .pairs import method_parameters, output_paths, register, score_pair, write_outputs
+
+__all__ = ["run"]
+
+
+def _notices(ctx: StageContext) -> list[str]:
+    notes = []
+    if ctx.args.refined and ctx.population_scope != POPULATION_REFINED:
+        notes.append(f"--refined: {ctx.args.parameters} has no {POPULATION_REFINED!r} scope; using "
+                     f"{POPULATION!r}")
+    if "tissue_subject" in ctx.methods:
+        fallback = [p for p in ctx.pair_ids if not ctx.table.has(p)]
+        if fallback:
+            notes.append(f"tissue_subject: {len(fallback)} of {len(ctx.pair_ids)} pair(s) have no subject-specific "
+                         f"rows and use the {ctx.population_scope!r} parameters: {', '.join(fallback)}")
+    return notes
+
+
+def _pending(ctx: StageContext, index: int) -> tuple[list[str], dict[str, dict]]:
+    """Methods still to run for pair ``index`` and the rows of those done by an earlier run (``--resume``)."""
+    done: dict[str, dict] = {}
+    if ctx.args.resume:
+        stem = ctx.stems[index]
+        for method in ctx.methods:
+            partial = ctx.out / ".partial" / method / f"{stem}.json"
+            outputs = output_paths(ctx.out, method, stem, labels=False)
+            if partial.is_file() and (ctx.args.no_save_outputs or all(p.is_file() for p in outputs.values())):
+                done[method] = json.loads(partial.read_text())
+    return [m for m in ctx.methods if m not in done], done
+
+
+def _run_pair(ctx: StageContext, index: int, methods: list[str], warmed: set) -> dict[str, dict]:
+    """Register, score and write pair ``index`` with ``methods``; returns their rows (figure for the first N)."""
+    item = ctx.item(index)
+    pair_id, stem = ctx.pair_ids[index], ctx.stems[index]
+    rows, kept = {}, {}
+    for method in methods:
+        hyper, source = method_parameters(method, pair_id, ctx.table, ctx.population_scope, ctx.literature)
+        kind = "global" if method == "global" else "spatial"
+        model = ctx.models[kind][0]
+        if kind not in warmed:  # the first call pays for allocations and kernel selection; keep it out of runtime_s
+            register(model, item, hyper, ctx.device)
+            warmed.add(kind)
+        warped, displacement, runtime_s = register(model, item, hyper, ctx.device)
+        result = score_pair(item, method, warped, displacement, runtime_s, source, ctx.class_names,
+                            ctx.args.hd95)
+        if not ctx.args.no_save_outputs:
+            write_outputs(output_paths(ctx.out, method, stem, result.warped_labels is not None), result,
+                          item["affine"])
+        atomic_write_json(result.row, ctx.out / ".partial" / method / f"{stem}.json")
+        rows[method] = result.row
+        if index < ctx.args.figures:  # full volumes are kept only for the pairs that get a figure
+            kept[method] = result
+    if kept:
+        figures.pair_figure(ctx.out / "figures" / f"pair_{stem}.png", item, kept, ctx.class_names)
+    return rows
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Validate every input, then register, score and write (see the module docstring); returns ``--out``."""
+    ctx = prepare(args)
+    seed_everything(args.seed)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    write_config(ctx.out, args, methods=ctx.methods, class_names=list(ctx.class_names),
+                 population_scope=ctx.population_scope, pair_ids=ctx.pair_ids,
+                 models={kind: str(info.path) for kind, (_, info) in ctx.models.items()})
+    notes = _notices(ctx)
+    for note in notes:
+        tqdm.write(f"notice: {note}")
+    rows: list[dict] = []
+    warmed: set = set()
+    for index in tqdm(range(len(ctx.pair_ids)), desc="inference", unit="pair", dynamic_ncols=True):
+        pending, done = _pending(ctx, index)
+        if pending:
+            done.update(_run_pair(ctx, index, pending, warmed))
+        rows.extend(done[m] for m in ctx.methods)
+    report.write_metrics(ctx.out / "metrics.csv", rows, ctx.class_names)
+    summary = report.write_summary(ctx.out, rows, ctx.class_names, ctx.methods, notes=notes)
+    if args.figures > 0:
+        figures.dice_bar_chart(ctx.out / "figures" / "dice_per_class.png", rows, ctx.class_names,
+                                         ctx.methods)
+    print(summary)
+    return ctx.out

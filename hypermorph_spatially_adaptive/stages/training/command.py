@@ -1,0 +1,81 @@
+"""The command line of the training stage (``train_hypermorph_global.py``, ``train_hypermorph_spatial.py``,
+``hypermorph-train-global``, ``hypermorph-train-spatial``): its flags and entry points."""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from ...core.objective import CLASS_SAMPLING, REGULARIZERS
+from ..cli import HelpFormatter, add_data_args, add_run_args, run_stage
+from .stage import LR_SCHEDULES, MODEL_TYPES, TrainingError, train
+
+__all__ = ["build_parser", "main", "main_global", "main_spatial"]
+
+
+def build_parser(model_type: str) -> argparse.ArgumentParser:
+    """Flags of a training script (``model_type`` is ``global`` or ``spatial``)."""
+    what = ("one global (lambda, mu) pair per sample" if model_type == "global"
+            else "one (lambda, mu) pair per tissue class, voxelwise through the fixed labels")
+    parser = argparse.ArgumentParser(
+        description=f"Train the {model_type} HyperMorph model: random regularization parameters, {what}.\n"
+                    f"Writes OUT/config.json, OUT/checkpoints/{{last,best}}.pt and OUT/train_log.csv.",
+        formatter_class=HelpFormatter)
+    add_data_args(parser, split="train")
+    add_run_args(parser, out=f"runs/default/{model_type}")
+    group = parser.add_argument_group("training")
+    group.add_argument("--regularizer", choices=REGULARIZERS, default="elastic",
+                       help="elastic (lambda, mu) or the diffusion baseline (one weight h)")
+    group.add_argument("--epochs", type=int, default=100, help="passes over the training split")
+    group.add_argument("--steps", type=int, default=None, help="total optimisation steps (overrides --epochs)")
+    group.add_argument("--batch-size", type=int, default=1)
+    group.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    group.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                       help="constant, or cosine decay from --lr to 0 over --steps (a steadier final model; keep --steps when resuming)")
+    group.add_argument("--ncc-window", type=int, default=9, help="local NCC window (voxels per axis)")
+    group.add_argument("--int-steps", type=int, default=7, help="scaling-and-squaring steps (0: no integration)")
+    group.add_argument("--enc-features", type=int, nargs="+", default=[16, 32, 32, 32])
+    group.add_argument("--dec-features", type=int, nargs="+", default=[32, 32, 32, 32, 32, 16, 16])
+    group.add_argument("--hyper-layers", type=int, default=6, help="hypernetwork MLP depth")
+    group.add_argument("--hyper-units", type=int, default=128, help="hypernetwork MLP width")
+    group.add_argument("--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
+                       help="continue from OUT/checkpoints/last.pt (or the given checkpoint)")
+    group.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    group.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
+    group.add_argument("--checkpoint-every", type=int, default=500, help="steps between last.pt writes")
+    group.add_argument("--log-every", type=int, default=10, help="steps between train_log.csv rows")
+    if model_type == "spatial":
+        group.add_argument("--label-source", choices=("fixed", "moving"), default="fixed",
+                           help="labels that build the voxelwise Lame maps (the field lives on the fixed grid)")
+        group.add_argument("--class-sampling", choices=CLASS_SAMPLING, default="independent",
+                           help="independent: each class's parameters drawn on its own (the paper); mixed: a random "
+                                "blend of one shared draw and the independent ones, so nearly class-constant "
+                                "vectors are trained too")
+        group.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                           help="start from a trained global elastic model (its widths replace the width flags): "
+                                "class-constant parameters then reproduce it exactly")
+    val = parser.add_argument_group("validation")
+    val.add_argument("--val-split", default="val", help="split for validation ('none' to skip)")
+    val.add_argument("--val-every", type=int, default=500, help="steps between validations (and at the end)")
+    val.add_argument("--val-pairs", type=int, default=None, help="use at most this many validation pairs")
+    val.add_argument("--val-lam", type=float, default=0.1, help="fixed lambda for validation (every class)")
+    val.add_argument("--val-mu", type=float, default=0.1, help="fixed mu for validation (every class)")
+    val.add_argument("--val-weight", type=float, default=0.2, help="fixed diffusion weight h for validation")
+    parser.set_defaults(model_type=model_type)
+    return parser
+
+
+def main(model_type: str, argv: Sequence[str] | None = None) -> int:
+    """Entry point of the training scripts; returns the process exit code."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    return run_stage(build_parser(model_type), train, argv, errors=(ValueError, TrainingError))
+
+
+def main_global(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``train_hypermorph_global.py`` and ``hypermorph-train-global``."""
+    return main("global", argv)
+
+
+def main_spatial(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``train_hypermorph_spatial.py`` and ``hypermorph-train-spatial``."""
+    return main("spatial", argv)

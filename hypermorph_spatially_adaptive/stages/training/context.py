@@ -1,0 +1,122 @@
+"""The resolved training run: options checked, data opened, model built, before the first step or file."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm import tqdm
+
+from ...models.checkpoints import load_trained_model
+from ...core.objective import nb_hyp_params
+from ...models.networks import HyperVxmDense, spatial_from_global
+from ...runtime import DistributedContext, init_distributed, resolve_device, seed_everything
+from ..cli import open_dataset
+
+__all__ = ["StageContext", "prepare", "run_info", "common_spacing"]
+
+
+@dataclass
+class StageContext:
+    """Everything the training loop needs, resolved and validated before the first step or file."""
+
+    args: argparse.Namespace
+    out: Path
+    device: torch.device
+    distributed: DistributedContext
+    train_set: Any
+    val_set: Any
+    class_names: tuple[str, ...]
+    num_classes: int
+    spacing: tuple[float, ...]
+    model: HyperVxmDense
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    positive = {"--batch-size": args.batch_size, "--lr": args.lr, "--epochs": args.epochs,
+                "--ncc-window": args.ncc_window, "--checkpoint-every": args.checkpoint_every,
+                "--log-every": args.log_every, "--val-every": args.val_every}
+    if args.steps is not None:
+        positive["--steps"] = args.steps
+    for flag, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"{flag} must be positive, got {value}")
+    if args.workers < 0 or args.int_steps < 0:
+        raise ValueError("--workers and --int-steps must be >= 0")
+    if not (0 <= args.val_lam and 0 <= args.val_mu and args.val_lam + args.val_mu <= 1 and 0 <= args.val_weight <= 1):
+        raise ValueError("--val-lam, --val-mu must be >= 0 with a sum <= 1, and --val-weight in [0, 1]")
+
+
+def common_spacing(item_spacings: Sequence[torch.Tensor], what: str) -> tuple[float, ...]:
+    """The one voxel spacing (mm) of a batch's items; ValueError naming ``what`` when they differ."""
+    first = tuple(float(s) for s in item_spacings[0])
+    for spacing in item_spacings[1:]:
+        if not torch.allclose(torch.as_tensor(spacing, dtype=torch.float64), torch.tensor(first, dtype=torch.float64)):
+            raise ValueError(f"{what}: pairs have different voxel spacings ({first} vs {tuple(spacing.tolist())}); "
+                             f"resample them with --target-spacing")
+    return first
+
+
+def prepare(args: argparse.Namespace) -> StageContext:
+    """Check the options, open the data and build the model (nothing is written)."""
+    _check_options(args)
+    device = resolve_device(args.device)
+    distributed, device = init_distributed(device)
+    train_set = open_dataset(args)
+    if args.batch_size * distributed.world_size > len(train_set):
+        raise ValueError(f"--batch-size {args.batch_size} x {distributed.world_size} process(es) is larger than the "
+                         f"{args.split!r} split ({len(train_set)} pairs)")
+    val_set = None
+    if args.val_split != "none":
+        try:
+            val_set = open_dataset(args, args.val_split)
+        except ValueError as error:
+            if "no pairs" not in str(error).lower() and "split" not in str(error).lower():
+                raise
+            tqdm.write(f"validation disabled: {error}")
+    first = train_set[0]
+    inshape = tuple(first["fixed"].shape[1:])
+    if args.image_size is not None and tuple(args.image_size) != inshape:
+        raise ValueError(f"--image-size {args.image_size}: the dataset gives images of shape {list(inshape)}")
+    spacing = tuple(float(s) for s in first["spacing"])
+    class_names = tuple(train_set.class_names)
+    num_classes = len(class_names) if args.model_type == "spatial" else 1
+    if args.model_type == "spatial":
+        if num_classes < 2:
+            raise ValueError(f"--dataset {args.dataset}: the spatial model needs tissue labels (>= 2 classes)")
+        if f"{args.label_source}_labels" not in first:
+            raise ValueError(f"--dataset {args.dataset}: pairs have no {args.label_source} labels for the Lame maps")
+    seed_everything(args.seed)  # same initial weights on every rank
+    if getattr(args, "init_from", None):
+        model = _warm_start(args, num_classes)
+    else:
+        model = HyperVxmDense(inshape, nb_hyp_params(args.regularizer, num_classes),
+                              enc_features=tuple(args.enc_features), dec_features=tuple(args.dec_features),
+                              int_steps=args.int_steps, hyper_layers=args.hyper_layers,
+                              hyper_units=args.hyper_units)
+    return StageContext(args, Path(args.out), device, distributed, train_set, val_set, class_names, num_classes, spacing,
+                model.to(device))
+
+
+def _warm_start(args: argparse.Namespace, num_classes: int) -> HyperVxmDense:
+    """The spatial model initialised from ``--init-from``; the width flags are set to the checkpoint's."""
+    if args.regularizer != "elastic":
+        raise ValueError("--init-from needs --regularizer elastic (it copies a global elastic model)")
+    global_model, info = load_trained_model(args.init_from, expect="global", argument="--init-from")
+    if info.regularizer != "elastic":
+        raise ValueError(f"--init-from {args.init_from}: expected an elastic model, got {info.regularizer}")
+    config = global_model.config
+    args.enc_features, args.dec_features = config["enc_features"], config["dec_features"]
+    args.int_steps, args.hyper_layers, args.hyper_units = (config["int_steps"], config["hyper_layers"],
+                                                           config["hyper_units"])
+    return spatial_from_global(global_model, num_classes)
+
+
+def run_info(ctx: StageContext) -> dict[str, Any]:
+    """What later stages need to know about the model, stored in config.json and every checkpoint."""
+    return {"options": vars(ctx.args).copy(), "model_type": ctx.args.model_type,
+            "regularizer": ctx.args.regularizer, "class_names": list(ctx.class_names),
+            "num_classes": ctx.num_classes, "dataset": ctx.args.dataset, "spacing": list(ctx.spacing),
+            "inshape": list(ctx.model.config["inshape"]), "ncc_window": ctx.args.ncc_window}

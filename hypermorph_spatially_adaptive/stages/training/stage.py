@@ -1,0 +1,250 @@
+"""The training loop behind both training scripts.
+
+One loop serves both models: the global model samples one ``(lam, mu)`` per sample, the spatially adaptive one a
+pair per tissue class that the fixed labels turn into voxelwise maps. Runs are resumable (weights, optimizer, step
+and RNG states in ``checkpoints/last.pt``; data order and parameter draws are functions of the seed and the step),
+checkpoints are atomic, and ``torchrun`` launches DistributedDataParallel with one data shard per rank.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ...core.objective import constant_hyperparams, registration_loss, sample_training_hyperparams
+from ...data.registry import collate_pairs
+from ...evaluation.pair_metrics import nanmean, pair_metrics
+from ...files import atomic_torch_save, atomic_write_json
+from ...models.networks import FORMAT, read_checkpoint
+from ...runtime import DistributedContext, rng_state, set_rng_state
+from ..cli import write_config
+from .context import StageContext, common_spacing, prepare, run_info
+
+__all__ = ["MODEL_TYPES", "LR_SCHEDULES", "LOG_COLUMNS", "TrainingError", "scheduled_lr", "validate", "train"]
+
+MODEL_TYPES = ("global", "spatial")
+LOG_COLUMNS = ("step", "epoch", "loss", "similarity", "regularization", "val_dice", "val_tre_mm",
+               "val_folding_percent", "time_s")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(base: float, schedule: str, step: int, total_steps: int) -> float:
+    """Learning rate of (0-based) ``step``; a function of the step alone, so a resumed run continues it."""
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        return 0.5 * base * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
+    raise ValueError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says why and where the last good state is."""
+
+
+class _ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch part-way, so a resumed run sees the same batches."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.skip:])
+
+
+def _checkpoint(ctx: StageContext, optimizer: torch.optim.Optimizer, step: int, epoch: int, best: float) -> dict:
+    return {"format": FORMAT, "model_config": ctx.model.config, "model_state": ctx.model.state_dict(),
+            "config": run_info(ctx), "optimizer_state": optimizer.state_dict(), "step": step, "epoch": epoch,
+            "best_score": best, "rng": rng_state()}
+
+
+def _validation_hyper(ctx: StageContext) -> torch.Tensor:
+    values = (ctx.args.val_weight,) if ctx.args.regularizer == "diffusion" else (ctx.args.val_lam, ctx.args.val_mu)
+    return constant_hyperparams(values, ctx.num_classes, device=ctx.device)
+
+
+@torch.no_grad()
+def validate(ctx: StageContext) -> dict[str, float]:
+    """Mean Dice (foreground), TRE (mm) and folding (%) over the validation pairs at the fixed parameters."""
+    ctx.model.eval()
+    hyper = _validation_hyper(ctx)
+    pairs = range(len(ctx.val_set)) if ctx.args.val_pairs is None else range(min(ctx.args.val_pairs, len(ctx.val_set)))
+    scores = []
+    for index in pairs:
+        item = ctx.val_set[index]
+        moving, fixed = item["moving"][None].to(ctx.device), item["fixed"][None].to(ctx.device)
+        output = ctx.model(moving, fixed, hyper)
+        scores.append(pair_metrics(output.displacement, item, ctx.class_names))
+    ctx.model.train()
+    return {key: nanmean([s[key] for s in scores]) for key in ("dice_mean", "tre_mm", "folding_percent")}
+
+
+class _TrainLog:
+    """Append-only ``train_log.csv``; on resume, rows past the resumed step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            with path.open(newline="") as handle:
+                rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= resume_step]
+            self._rewrite(rows)
+        elif not path.exists() or resume_step is None:
+            self._rewrite([])
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        with self.path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, LOG_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, **row: Any) -> None:
+        with self.path.open("a", newline="") as handle:
+            csv.DictWriter(handle, LOG_COLUMNS).writerow(
+                {key: (f"{value:.6g}" if isinstance(value, float) else value) for key, value in row.items()})
+
+
+def _load_resume(ctx: StageContext, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+    path = ctx.out / "checkpoints" / "last.pt" if ctx.args.resume == "last" else Path(ctx.args.resume)
+    if not path.is_file():
+        raise ValueError(f"--resume: checkpoint {path} not found")
+    try:
+        # On the CPU: RNG states must stay there; the optimizer moves its state to the parameters' device.
+        state = read_checkpoint(path, map_location="cpu")
+    except ValueError as error:
+        raise ValueError(f"--resume {error}") from None
+    if "upgraded_from" in state:
+        raise ValueError(f"--resume {path}: a {state['upgraded_from']} checkpoint cannot be resumed (its optimizer "
+                         f"state has the old kernel-head layout); its weights load everywhere else")
+    if state.get("model_config") != ctx.model.config:
+        raise ValueError(f"--resume {path}: the checkpoint's model ({state.get('model_config')}) differs from the "
+                         f"options given ({ctx.model.config})")
+    ctx.model.load_state_dict(state["model_state"])
+    optimizer.load_state_dict(state["optimizer_state"])
+    set_rng_state(state["rng"])
+    return int(state["step"]), float(state.get("best_score", -math.inf))
+
+
+def _batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            for key, value in batch.items()}
+
+
+def _replica_divergence(model: torch.nn.Module, distributed: DistributedContext) -> float:
+    """Largest absolute difference of any weight between ranks (0 when the replicas are in sync)."""
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()]).double()
+    high, low = flat.clone(), flat.clone()
+    torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+    return float((high - low).abs().max())
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Train one model as configured by ``args`` (see :func:`build_parser`); returns the run folder."""
+    ctx = prepare(args)
+    distributed, device = ctx.distributed, ctx.device
+    checkpoints = ctx.out / "checkpoints"
+    if distributed.is_main:
+        if args.resume is None and (checkpoints / "last.pt").exists():
+            raise ValueError(f"--out {ctx.out} already holds a run; pass --resume to continue it or choose another --out")
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        for stale in checkpoints.glob(".*.tmp"):  # left by a process killed mid-write
+            stale.unlink()
+    # The fused kernel updates all parameters in one pass; the hypernetwork has many small tensors.
+    optimizer = torch.optim.Adam(ctx.model.parameters(), lr=args.lr, fused=ctx.device.type in ("cpu", "cuda"))
+    start_step, best = (_load_resume(ctx, optimizer) if args.resume else (0, -math.inf))
+    if distributed.is_main:
+        write_config(ctx.out, args, **{k: v for k, v in run_info(ctx).items() if k != "options"})
+    log = _TrainLog(ctx.out / "train_log.csv", start_step if args.resume else None) if distributed.is_main else None
+
+    sampler = _ResumableSampler(ctx.train_set, num_replicas=distributed.world_size, rank=distributed.rank, shuffle=True,
+                                seed=args.seed, drop_last=True)
+    loader = DataLoader(ctx.train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                        collate_fn=collate_pairs, pin_memory=device.type == "cuda", drop_last=True,
+                        persistent_workers=False)
+    steps_per_epoch = len(loader)
+    total_steps = args.steps if args.steps is not None else args.epochs * steps_per_epoch
+    network = (DistributedDataParallel(ctx.model, device_ids=[device] if device.type == "cuda" else None)
+               if distributed.enabled else ctx.model)
+    generator = torch.Generator(device="cpu")
+    label_key = f"{getattr(args, 'label_source', 'fixed')}_labels"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda")
+
+    step, started = start_step, time.perf_counter()
+    progress = tqdm(total=total_steps, initial=start_step, desc=f"train {args.model_type}", disable=not distributed.is_main,
+                    dynamic_ncols=True)
+    ctx.model.train()
+    while step < total_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch)
+        sampler.skip = offset * args.batch_size
+        for batch in loader:
+            spacing = common_spacing(batch["spacing"], f"--dataset {args.dataset}")  # on the CPU: no device sync
+            batch = _batch_to(batch, device)
+            # Parameter draws depend only on (seed, step, rank): a resumed run draws the same ones.
+            generator.manual_seed((args.seed * 1_000_003 + step) * 4096 + distributed.rank)
+            hyper = sample_training_hyperparams(batch["fixed"].shape[0], ctx.num_classes, args.regularizer,
+                                                generator=generator, device=device,
+                                                class_sampling=getattr(args, "class_sampling", "independent"))
+            with autocast:
+                output = network(batch["moving"], batch["fixed"], hyper)
+            terms = registration_loss(batch["fixed"], output.warped.float(), output.velocity.float(), hyper,
+                                      regularizer=args.regularizer, num_classes=ctx.num_classes,
+                                      labels=batch.get(label_key), spacing=spacing, ncc_window=args.ncc_window)
+            loss_value, similarity, regularization = torch.stack(list(terms)).tolist()  # one device sync
+            if not math.isfinite(loss_value):
+                progress.close()
+                raise TrainingError(
+                    f"loss became {loss_value} at step {step + 1} (similarity {similarity:.4g}, "
+                    f"regularization {regularization:.4g}); training stopped. The last good checkpoint "
+                    f"is {checkpoints / 'last.pt'} (try a lower --lr or check the data)")
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            for group in optimizer.param_groups:
+                group["lr"] = scheduled_lr(args.lr, args.lr_schedule, step, total_steps)
+            optimizer.step()
+            step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_value:.4f}", sim=f"{similarity:.4f}", reg=f"{regularization:.4g}")
+            last = step == total_steps
+            row = {}
+            if distributed.is_main and (step % args.log_every == 0 or last):
+                row = dict(step=step, epoch=epoch, loss=loss_value, similarity=similarity,
+                           regularization=regularization)
+            if distributed.is_main and ctx.val_set is not None and (step % args.val_every == 0 or last):
+                scores = validate(ctx)
+                row.update(step=step, epoch=epoch, val_dice=scores["dice_mean"], val_tre_mm=scores["tre_mm"],
+                           val_folding_percent=scores["folding_percent"])
+                progress.write(f"step {step}: val Dice {scores['dice_mean']:.4f}, TRE {scores['tre_mm']:.3f} mm, "
+                               f"folding {scores['folding_percent']:.3f}%")
+                # Higher Dice is better; without labels fall back to lower TRE.
+                score = scores["dice_mean"] if not math.isnan(scores["dice_mean"]) else -scores["tre_mm"]
+                if not math.isnan(score) and score > best:
+                    best = score
+                    atomic_torch_save(_checkpoint(ctx, optimizer, step, epoch, best), checkpoints / "best.pt")
+            if row:
+                log.append(**row, time_s=time.perf_counter() - started)
+            if distributed.is_main and (step % args.checkpoint_every == 0 or last):
+                atomic_torch_save(_checkpoint(ctx, optimizer, step, epoch, best), checkpoints / "last.pt")
+            if last:
+                break
+    progress.close()
+    if distributed.enabled:
+        divergence = _replica_divergence(ctx.model, distributed)
+        if distributed.is_main:
+            atomic_write_json({"world_size": distributed.world_size, "max_abs_weight_difference": divergence},
+                              ctx.out / "replicas.json")
+        distributed.barrier()
+        torch.distributed.destroy_process_group()
+    if distributed.is_main and not (checkpoints / "best.pt").exists():
+        # No validation split: the final weights are the best we know.
+        atomic_torch_save(_checkpoint(ctx, optimizer, step, step // steps_per_epoch, best), checkpoints / "best.pt")
+    return ctx.out

@@ -1,0 +1,88 @@
+"""The demo pipeline end to end at a tiny size: every stage's outputs exist and the verdict is computed."""
+import csv
+
+import pytest
+
+from hypermorph_spatially_adaptive.stages.demo import pipeline as demo, verdict as demo_check
+from hypermorph_spatially_adaptive.stages.parameter_table import ParameterRow, write_parameters
+
+TINY = ["--size", "32", "--subjects", "6", "--val", "1", "--test", "1", "--steps", "4", "--spatial-steps", "4",
+        "--batch-size", "2", "--grid-step", "0.5", "--device", "cpu"]
+
+
+def test_tiny_demo_writes_every_stage_and_a_rerun_skips_finished_stages(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out), *TINY]) == 0
+    for path in ("data/PHANTOM_dataset.json", "global/checkpoints/last.pt", "spatial/checkpoints/last.pt",
+                 "identification/grid_scores.csv", "identification/parameters.csv",
+                 "identification_test_subjects/parameters.csv", "parameters_for_inference.csv",
+                 "inference/metrics.csv", "inference/summary.csv", "demo_summary.md", "config.json"):
+        assert (out / path).is_file(), path
+    with (out / "inference" / "metrics.csv").open() as handle:
+        methods = {row["method"] for row in csv.DictReader(handle)}
+    assert methods == {"global", "tissue_population", "tissue_subject", "literature"}
+    summary = (out / "demo_summary.md").read_text()
+    assert "tissue_population beats global on EPE" in summary and "bone" in summary
+    assert "| control: spatial model at the global pair |" in summary
+    assert "tissue_population beats the control on EPE" in summary
+    stamp = (out / "identification" / "parameters.csv").stat().st_mtime_ns
+    capsys.readouterr()
+    assert demo.main(["--out", str(out), *TINY]) == 0
+    assert (out / "identification" / "parameters.csv").stat().st_mtime_ns == stamp
+
+
+def _metrics(path, values):
+    columns = ["pair_id", "method", "dice_mean", "tre_mm", "epe_mm", "sdlogj", "folding_percent"]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for pair, method, epe, tre in values:
+            writer.writerow([pair, method, 0.9, tre, epe, 0.1, 0.0])
+    return path
+
+
+def test_verdict_compares_means_and_ranks_stiffness_by_lam_plus_mu(tmp_path):
+    metrics = _metrics(tmp_path / "metrics.csv", [
+        ("1", "global", 1.0, 2.0), ("2", "global", 3.0, 2.0),
+        ("1", "tissue_population", 1.5, 1.0), ("2", "tissue_population", 2.0, 1.0),
+        ("1", "tissue_subject", 2.5, 3.0), ("2", "tissue_subject", 2.5, 3.0)])
+    names = ("background", "soft_tissue", "lung", "bone", "liver")
+    lam_mu = [(0.1, 0.1), (0.2, 0.2), (0.1, 0.0), (0.3, 0.6), (0.2, 0.3)]
+    write_parameters(tmp_path / "parameters.csv",
+                     [ParameterRow("population", c, n, l, m, "dice", 0.9) for c, (n, (l, m)) in
+                      enumerate(zip(names, lam_mu))])
+    verdict = demo_check.judge(metrics, tmp_path / "parameters.csv")
+    assert verdict.means["global"]["epe_mm"] == pytest.approx(2.0)
+    assert verdict.means["tissue_population"]["epe_mm"] == pytest.approx(1.75)
+    assert verdict.tissue_beats_global["tissue_population"] == {"epe_mm": True, "tre_mm": True}
+    assert verdict.tissue_beats_global["tissue_subject"] == {"epe_mm": False, "tre_mm": False}
+    assert verdict.stiffness_order == ("bone", "liver", "soft_tissue", "lung")
+    assert verdict.bone_stiffest
+    assert verdict.tissue_beats_control == {}  # no control rows
+
+
+def test_verdict_compares_the_tissue_methods_with_the_control(tmp_path):
+    metrics = _metrics(tmp_path / "metrics.csv", [
+        ("1", "global", 2.0, 2.0), ("1", "tissue_population", 1.5, 1.0), ("1", "tissue_subject", 1.0, 3.0),
+        ("1", "literature", 1.2, 1.2)])
+    write_parameters(tmp_path / "parameters.csv",
+                     [ParameterRow("population", c, n, 0.1 * c, 0.1, "dice", 0.9) for c, n in
+                      enumerate(("background", "soft_tissue", "lung", "bone", "liver"))])
+    verdict = demo_check.judge(metrics, tmp_path / "parameters.csv")
+    assert verdict.tissue_beats_global["tissue_population"] == {"epe_mm": True, "tre_mm": True}
+    assert verdict.tissue_beats_control["tissue_population"] == {"epe_mm": False, "tre_mm": True}
+    assert verdict.tissue_beats_control["tissue_subject"] == {"epe_mm": True, "tre_mm": False}
+    assert verdict.means["literature"]["epe_mm"] == pytest.approx(1.2)
+
+
+def test_the_3d_preset_runs_every_stage_at_a_tiny_size(tmp_path):
+    out = tmp_path / "demo3d"
+    assert demo.main(["--full", "--out", str(out), "--size", "16", "--subjects", "4", "--val", "1", "--test", "1",
+                      "--steps", "2", "--spatial-steps", "2", "--grid-step", "0.5", "--device", "cpu"]) == 0
+    with (out / "inference" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["method"] for row in rows} == {"global", "tissue_population", "tissue_subject", "literature"}
+    import nibabel as nib
+
+    field = nib.load(next((out / "inference" / "global").glob("disp_*.nii.gz")))
+    assert field.shape == (16, 16, 16, 3)
