@@ -1,7 +1,8 @@
 """Regularization parameter vectors: layout, validation and the training-time sampler.
 
 A parameter vector for C classes is ``h = [lam_0, ..., lam_{C-1}, mu_0, ..., mu_{C-1}]``, a tensor ``[B, 2C]``
-(all lambdas, then all mus; class 0 = background). The global model uses C = 1, ``h = [lam, mu]``. Values lie in
+(all lambdas, then all mus; class 0 = background). The global model uses C = 1, ``h = [lam, mu]``. The diffusion
+baseline takes one weight per class instead, ``h = [h_0, ..., h_{C-1}]`` (:func:`nb_hyp_params`). Values lie in
 [0, 1] with ``lam + mu <= 1`` per class; the similarity term is weighted by ``1 - lam - mu``. The values are
 dimensionless loss weights (the network's conditioning input), not Lame parameters in kPa.
 """
@@ -12,6 +13,9 @@ from typing import Sequence
 import torch
 
 __all__ = [
+    "REGULARIZERS",
+    "params_per_class",
+    "nb_hyp_params",
     "sample_hyperparams",
     "split_hyperparams",
     "join_hyperparams",
@@ -20,8 +24,23 @@ __all__ = [
     "similarity_weight",
 ]
 
+#: Regularizers a model can be conditioned for: ``elastic`` takes ``(lam, mu)`` per class, ``diffusion`` one weight h.
+REGULARIZERS = ("elastic", "diffusion")
+
 #: Slack allowed on ``lam + mu <= 1`` and on the [0, 1] range: sums such as ``lam + (1 - lam)`` round in float32.
 TOLERANCE = 1e-6
+
+
+def params_per_class(regularizer: str) -> int:
+    """Values per class in a parameter vector: 2 (``lam``, ``mu``) for ``elastic``, 1 (``h``) for ``diffusion``."""
+    if regularizer not in REGULARIZERS:
+        raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {regularizer!r}")
+    return 2 if regularizer == "elastic" else 1
+
+
+def nb_hyp_params(regularizer: str, num_classes: int) -> int:
+    """Length P of the parameter vector: ``2C`` for the elastic model, ``C`` for the diffusion baseline."""
+    return params_per_class(regularizer) * _check_num_classes(num_classes)
 
 
 def _check_num_classes(num_classes: int) -> int:

@@ -11,13 +11,10 @@ from typing import NamedTuple, Sequence
 import torch
 
 from . import regularizers
-from .hyperparams import sample_hyperparams, similarity_weight, split_hyperparams
+from .hyperparams import REGULARIZERS, sample_hyperparams, similarity_weight, split_hyperparams
 from .losses import ncc_loss
 
-__all__ = ["REGULARIZERS", "CLASS_SAMPLING", "LossTerms", "nb_hyp_params", "sample_training_hyperparams", "constant_hyperparams",
-           "registration_loss"]
-
-REGULARIZERS = ("elastic", "diffusion")
+__all__ = ["CLASS_SAMPLING", "LossTerms", "sample_training_hyperparams", "constant_hyperparams", "registration_loss"]
 
 
 class LossTerms(NamedTuple):
@@ -26,13 +23,6 @@ class LossTerms(NamedTuple):
     total: torch.Tensor
     similarity: torch.Tensor
     regularization: torch.Tensor
-
-
-def nb_hyp_params(regularizer: str, num_classes: int) -> int:
-    """Length P of the parameter vector: ``2C`` for the elastic model, ``C`` for the diffusion baseline."""
-    if regularizer not in REGULARIZERS:
-        raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {regularizer!r}")
-    return (2 if regularizer == "elastic" else 1) * num_classes
 
 
 CLASS_SAMPLING = ("independent", "mixed")

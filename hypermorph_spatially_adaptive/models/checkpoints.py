@@ -1,62 +1,187 @@
-"""Loading trained models with what later stages need to know about them (model type, classes, regularizer)."""
+"""The checkpoint format: what every model file of the project holds, how it is written, read and upgraded, and
+what kind of model it holds.
+
+Two kinds of file, both dicts written atomically with ``torch.save`` (temporary file + rename):
+
+- a model file (:func:`model_file`, written by ``model.save``): ``format``, ``model_config`` (the constructor
+  keywords, enough to rebuild the model) and ``model_state``;
+- a training checkpoint (:func:`training_checkpoint`, ``checkpoints/last.pt`` and ``best.pt`` of a run): the same
+  keys plus ``config`` (the run's resolved options, data and classes), ``optimizer_state``, ``step``, ``epoch``,
+  ``best_score`` and ``rng`` (Python, NumPy and torch RNG states).
+
+The model kind (:class:`ModelKind`: global or spatial, elastic or diffusion, class names) is part of
+``model_config`` (keys ``regularizer`` and ``class_names`` next to ``nb_hyp_params``), so a file says how to read
+its parameter vector. Files written before those keys existed are completed from the training run's ``config``
+when they have one; a bare model file is read as the global elastic model only when that is its only reading
+(P = 2), else :func:`model_kind` raises a ValueError naming what is missing. ``format`` ``hypermorph-v2`` stores
+the kernel heads ``[E, out]``; ``hypermorph-v1`` files (``nn.Linear`` heads ``[out, E]``) are upgraded on reading.
+"""
 from __future__ import annotations
 
+import os
+import pathlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+import numpy as np
+import torch
 
-from .networks import HyperVxmDense, read_checkpoint
+from ..core.hyperparams import REGULARIZERS, params_per_class
+from ..files import atomic_torch_save
 
-__all__ = ["ModelInfo", "load_trained_model"]
+__all__ = ["FORMAT", "MODEL_TYPES", "RUN_CHECKPOINT", "ModelKind", "kind_from_config", "model_kind",
+           "hyper_model_config", "model_file", "training_checkpoint", "save_checkpoint", "read_checkpoint",
+           "resolve_checkpoint"]
+
+#: Value of the ``format`` key of every file written by this version.
+FORMAT = "hypermorph-v2"
+_V1 = "hypermorph-v1"
+_HEAD_WEIGHTS = ("weight_head.weight", "bias_head.weight")
+MODEL_TYPES = ("global", "spatial")
+#: Where a training run folder keeps the checkpoint that model flags read by default.
+RUN_CHECKPOINT = Path("checkpoints") / "last.pt"
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """Facts about a trained model: ``model_type`` (global|spatial), ``regularizer``, ``class_names`` (the spatial
-    model's classes; the dataset's classes for a global model trained by this project, else empty)."""
+class ModelKind:
+    """How a HyperMorph model reads its parameter vector ``[B, P]``.
 
-    path: Path
+    ``model_type``: ``global`` (one set of parameters for the whole image) or ``spatial`` (one set per class of the
+    fixed labels, class 0 = background); ``regularizer``: ``elastic`` (``lam, mu`` per set: all lambdas, then all
+    mus) or ``diffusion`` (one weight ``h`` per set); ``class_names``: the classes of a spatial model's vector, and
+    for a global model the classes of the data it was trained on when known (else empty).
+    """
+
     model_type: str
     regularizer: str
     class_names: tuple[str, ...]
-    ncc_window: int = 9
-    run_config: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-
-def _describe(path: Path, state: dict[str, Any], model: HyperVxmDense) -> ModelInfo:
-    config = state.get("config") or {}
-    if "model_type" in config:
-        return ModelInfo(path, config["model_type"], config.get("regularizer", "elastic"),
-                         tuple(config.get("class_names", ())), int(config.get("ncc_window", 9)), config)
-    # A bare model.save file: P = 2 is the global elastic model, P = 2C an elastic model over C classes.
-    parameters = model.nb_hyp_params
-    if parameters == 2:
-        return ModelInfo(path, "global", "elastic", ())
-    return ModelInfo(path, "spatial", "elastic", tuple(f"class_{c}" for c in range(parameters // 2)))
+    @property
+    def nb_hyp_params(self) -> int:
+        """Length P of the parameter vector."""
+        sets = len(self.class_names) if self.model_type == "spatial" else 1
+        return params_per_class(self.regularizer) * sets
 
 
-def load_trained_model(path: str | Path, expect: str | None = None, map_location: Any = "cpu",
-                       argument: str = "--model") -> tuple[HyperVxmDense, ModelInfo]:
-    """Load a checkpoint (training or ``model.save``) and describe it; ``expect`` checks the model type.
+def kind_from_config(config: Mapping[str, Any]) -> ModelKind:
+    """The kind of a HyperMorph ``model_config`` holding ``nb_hyp_params``, ``regularizer`` and ``class_names``.
 
-    Raises ValueError naming ``argument`` when the file is missing or holds the wrong kind of model.
+    P = ``params_per_class(regularizer)`` is a global model; a multiple of it, ``C`` classes, is a spatial one. A
+    spatial model's ``class_names`` must name its C classes (None: ``class_0``...); a global model's name the
+    training data's classes or are None. Raises ValueError for anything else (the constructor's check).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{argument} {path}: checkpoint not found")
+    parameters, regularizer, names = config["nb_hyp_params"], config.get("regularizer"), config.get("class_names")
+    per_class = params_per_class(regularizer)  # validates the regularizer
+    if isinstance(parameters, bool) or not isinstance(parameters, int) or parameters < 1 \
+            or parameters % per_class:
+        raise ValueError(f"nb_hyp_params must be a positive multiple of {per_class} for the {regularizer} "
+                         f"regularizer ({per_class} value(s) per class), got {parameters!r}")
+    sets = parameters // per_class
+    if names is not None:
+        if isinstance(names, str) or not all(isinstance(n, str) and n for n in names) \
+                or len(set(names)) != len(names) or not names:
+            raise ValueError(f"class_names must be distinct non-empty strings, got {names!r}")
+        if sets > 1 and len(names) != sets:
+            raise ValueError(f"class_names must name the {sets} classes of the {regularizer} model's "
+                             f"{parameters} parameters, got {len(names)}: {list(names)}")
+    if sets == 1:
+        return ModelKind("global", regularizer, tuple(names or ()))
+    return ModelKind("spatial", regularizer, tuple(names) if names else tuple(f"class_{c}" for c in range(sets)))
+
+
+def model_kind(payload: Mapping[str, Any], source: str = "checkpoint") -> ModelKind:
+    """The kind of the HyperMorph model in a file read by :func:`read_checkpoint` (see the module docstring)."""
+    return kind_from_config(hyper_model_config(payload, source))
+
+
+def hyper_model_config(payload: Mapping[str, Any], source: str = "checkpoint") -> dict[str, Any]:
+    """``model_config`` of a HyperMorph file with its kind filled in for files written before it was stored.
+
+    A config without ``nb_hyp_params`` (not a HyperMorph model) is returned unchanged. Raises ValueError, naming
+    ``source``, when the kind cannot be told: an old bare model file with more than 2 parameters.
+    """
+    config = dict(payload["model_config"])
+    if "nb_hyp_params" not in config or "regularizer" in config:
+        return config
+    run = payload.get("config") or {}
+    parameters = config["nb_hyp_params"]
+    if run.get("regularizer") in REGULARIZERS and run.get("model_type") in MODEL_TYPES:
+        names = run.get("class_names") or None
+        return {**config, "regularizer": run["regularizer"], "class_names": list(names) if names else None}
+    if parameters == 2:
+        return {**config, "regularizer": "elastic", "class_names": None}
+    raise ValueError(
+        f"{source}: the file does not record its model kind (model_config has no 'regularizer' and "
+        f"'class_names', and there is no training 'config'): its {parameters} parameters could be an elastic "
+        f"model of {parameters // 2} classes or a diffusion model of {parameters} classes. Rebuild it with "
+        f"HyperVxmDense(**model_config, regularizer=..., class_names=[...]), load 'model_state' and save it again")
+
+
+def model_file(model: torch.nn.Module) -> dict[str, Any]:
+    """What ``model.save`` writes: ``format``, ``model_config`` (with the kind) and ``model_state``."""
+    return {"format": FORMAT, "model_config": model.config, "model_state": model.state_dict()}
+
+
+def training_checkpoint(model: torch.nn.Module, run_config: dict[str, Any], optimizer_state: dict[str, Any],
+                        step: int, epoch: int, best_score: float, rng: dict[str, Any]) -> dict[str, Any]:
+    """A training checkpoint: :func:`model_file` plus the run's ``config`` and everything a resume needs."""
+    return {**model_file(model), "config": run_config, "optimizer_state": optimizer_state, "step": step,
+            "epoch": epoch, "best_score": best_score, "rng": rng}
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``payload`` with ``torch.save`` atomically (a reader never sees a partial file)."""
+    return atomic_torch_save(payload, path)
+
+
+def _safe_globals() -> list:
+    """Plain-data types a training checkpoint may hold beyond tensors (numpy RNG state, paths in the options),
+    allowed for ``torch.load(weights_only=True)``."""
+    core = getattr(np, "_core", None) or np.core
+    return [np.ndarray, np.dtype, core.multiarray._reconstruct, type(np.dtype(np.uint32)),
+            pathlib.PurePosixPath, pathlib.PosixPath, pathlib.PureWindowsPath, pathlib.WindowsPath]
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a model file or training checkpoint with ``weights_only=True`` (numpy RNG states and paths allowed;
+    anything needing arbitrary unpickling is refused), check its model keys and upgrade a v1 file.
+
+    An upgraded payload carries ``upgraded_from``. Raises FileNotFoundError for a missing file, ValueError for an
+    unreadable, incomplete or unknown one.
+    """
+    path = os.fspath(path)
     try:
-        state = read_checkpoint(path, map_location=map_location)
-        model = HyperVxmDense.from_checkpoint(state, source=str(path), map_location=map_location)
-    except ValueError as error:
-        raise ValueError(f"{argument} {error}") from None
-    info = _describe(path, state, model)
-    if expect is not None and info.model_type != expect:
-        raise ValueError(f"{argument} {path}: expected a {expect} model checkpoint, got a {info.model_type} one "
-                         f"({model.nb_hyp_params} parameters, trained by train_hypermorph_{info.model_type}.py)")
-    model.eval()
-    return model, info
+        with torch.serialization.safe_globals(_safe_globals()):
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # the unpickler raises several types for foreign or corrupt files
+        raise ValueError(f"{path}: not a readable model file or checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: expected a dict with 'model_config' and 'model_state', "
+                         f"got {type(payload).__name__}")
+    for key in ("model_config", "model_state"):
+        if key not in payload:
+            raise ValueError(f"{path}: missing key {key!r} (found keys {sorted(map(str, payload))})")
+    version = payload.get("format", FORMAT)
+    if version == _V1:
+        state = {name: value.t().contiguous() if name.endswith(_HEAD_WEIGHTS) else value
+                 for name, value in payload["model_state"].items()}
+        payload = {**payload, "model_state": state, "format": FORMAT, "upgraded_from": version}
+    elif version != FORMAT:
+        raise ValueError(f"{path}: unknown checkpoint format {version!r} (this version reads {FORMAT!r} and "
+                         f"{_V1!r})")
+    return payload
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file as given, or the :data:`RUN_CHECKPOINT` (``checkpoints/last.pt``) of a training run
+    folder."""
+    path = Path(path)
+    return path / RUN_CHECKPOINT if path.is_dir() else path

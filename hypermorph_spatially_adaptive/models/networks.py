@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 from functools import partial
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -18,18 +17,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .hypernetwork import HyperConv, HyperNetwork, conv_nd, kaiming_std, LEAKY_SLOPE
 from ..core.tensors import check_image
 from ..core.transform import integrate_velocity, warp
-from ..files import atomic_torch_save
+from .checkpoints import ModelKind, hyper_model_config, kind_from_config, model_file, read_checkpoint, \
+    save_checkpoint
+from .hypernetwork import LEAKY_SLOPE, HyperConv, HyperNetwork, conv_nd, kaiming_std
 
-__all__ = ["RegistrationOutput", "PlainConv", "UNet", "VxmDense", "HyperVxmDense", "spatial_from_global",
-           "read_checkpoint", "FORMAT"]
+__all__ = ["RegistrationOutput", "PlainConv", "UNet", "VxmDense", "HyperVxmDense", "spatial_from_global"]
 
-#: Value of the ``format`` key written by :meth:`save`. v2 stores the kernel heads ``[E, out]``
-#: (:class:`~.hypernetwork.LinearHead`); v1 files (``nn.Linear`` heads, ``[out, E]``) are upgraded on reading.
-FORMAT = "hypermorph-v2"
-_HEAD_WEIGHTS = ("weight_head.weight", "bias_head.weight")
 PAD_MODES = ("replicate", "zeros")
 
 
@@ -130,14 +125,6 @@ def _crop(x: torch.Tensor, amounts: list[tuple[int, int]]) -> torch.Tensor:
     return x[index]
 
 
-def _checkpoint_safe_globals() -> list:
-    """Plain-data types a training checkpoint may hold beyond tensors (numpy RNG state, paths in the options),
-    allowed for ``torch.load(weights_only=True)``."""
-    core = getattr(np, "_core", None) or np.core
-    return [np.ndarray, np.dtype, core.multiarray._reconstruct, type(np.dtype(np.uint32)),
-            pathlib.PurePosixPath, pathlib.PosixPath, pathlib.PureWindowsPath, pathlib.WindowsPath]
-
-
 class _Registration(nn.Module):
     """Shared parts: U-Net on ``cat(moving, fixed)``, padding, flow conv, integration, warping, save/load."""
 
@@ -193,24 +180,30 @@ class _Registration(nn.Module):
         return RegistrationOutput(warp(moving, displacement), displacement, velocity)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write ``{"model_config", "model_state", "format"}`` to ``path`` atomically (temp file + os.replace)."""
-        atomic_torch_save({"model_config": self.config, "model_state": self.state_dict(), "format": FORMAT}, path)
+        """Write the model file of :func:`~.checkpoints.model_file` (``format``, ``model_config`` with the model
+        kind, ``model_state``) to ``path`` atomically (temp file + os.replace)."""
+        save_checkpoint(model_file(self), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location="cpu"):
         """Rebuild a model from a :meth:`save` file or a training checkpoint (a dict holding at least
         ``model_config`` and ``model_state``). The model is moved to ``map_location`` when that names a device.
 
-        Loads with ``weights_only=True`` (see :func:`read_checkpoint`); bad files raise ValueError.
+        Loads with ``weights_only=True`` (see :func:`~.checkpoints.read_checkpoint`); bad files raise ValueError.
         """
         return cls.from_checkpoint(read_checkpoint(path, map_location), source=os.fspath(path),
                                    map_location=map_location)
 
     @classmethod
+    def _stored_config(cls, payload: dict[str, Any], source: str) -> dict[str, Any]:
+        return dict(payload["model_config"])
+
+    @classmethod
     def from_checkpoint(cls, payload: dict[str, Any], source: str = "checkpoint", map_location="cpu"):
-        """Rebuild a model from a checkpoint dict already read by :func:`read_checkpoint`."""
+        """Rebuild a model from a checkpoint dict already read by :func:`~.checkpoints.read_checkpoint`."""
+        config = cls._stored_config(payload, source)
         try:
-            model = cls(**payload["model_config"])
+            model = cls(**config)
         except TypeError as error:
             raise ValueError(f"{source}: 'model_config' does not fit {cls.__name__}: {error}") from error
         try:
@@ -220,38 +213,6 @@ class _Registration(nn.Module):
         if isinstance(map_location, (str, torch.device)):
             model.to(map_location)
         return model
-
-
-def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:
-    """Read a :meth:`save` file or training checkpoint with ``weights_only=True`` (the numpy arrays of RNG states
-    and paths allowed; anything needing arbitrary unpickling is refused) and check its two model keys.
-
-    Raises FileNotFoundError for a missing file, ValueError for an unreadable or incomplete one.
-    """
-    path = os.fspath(path)
-    try:
-        with torch.serialization.safe_globals(_checkpoint_safe_globals()):
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # the unpickler raises several types for foreign or corrupt files
-        raise ValueError(f"{path}: not a readable model file or checkpoint ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path}: expected a dict with 'model_config' and 'model_state', "
-                         f"got {type(payload).__name__}")
-    for key in ("model_config", "model_state"):
-        if key not in payload:
-            raise ValueError(f"{path}: missing key {key!r} (found keys {sorted(map(str, payload))})")
-    version = payload.get("format", FORMAT)
-    if version == "hypermorph-v1":
-        state = {name: value.t().contiguous() if name.endswith(_HEAD_WEIGHTS) else value
-                 for name, value in payload["model_state"].items()}
-        payload = {**payload, "model_state": state, "format": FORMAT, "upgraded_from": version}
-    elif version != FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format {version!r} (this version reads {FORMAT!r} and "
-                         f"'hypermorph-v1')")
-    return payload
 
 
 class VxmDense(_Registration):
@@ -278,7 +239,10 @@ class HyperVxmDense(_Registration):
     """HyperMorph: a VoxelMorph U-Net whose every conv kernel is generated from a parameter vector.
 
     ``model(moving [B, 1, *S], fixed [B, 1, *S], hyper [B, P]) -> RegistrationOutput(warped, displacement,
-    velocity)``; P = ``nb_hyp_params`` (2 for the global model ``[lam, mu]``, 2C for the spatial one). ``hyper``
+    velocity)``; P = ``nb_hyp_params`` (2 for the global model ``[lam, mu]``, 2C for the spatial one). The
+    vector's layout is part of the config: ``regularizer`` (``elastic``: ``lam, mu`` per class, all lambdas first;
+    ``diffusion``: one weight per class) and ``class_names`` (the spatial model's classes; for a global model the
+    training data's, optional), read back as :attr:`kind` and stored in every file (:mod:`.checkpoints`). ``hyper``
     goes through a :class:`HyperNetwork` (``hyper_layers`` x ``hyper_units``, ReLU) to an embedding that feeds
     every :class:`HyperConv` of the U-Net; the final flow conv (ndim channels, kernel 3, ~N(0, 1e-5)) is plain.
     ``u = exp(v)`` by ``int_steps`` scaling-and-squaring steps (0: ``u = v``).
@@ -292,13 +256,17 @@ class HyperVxmDense(_Registration):
 
     def __init__(self, inshape: Sequence[int], nb_hyp_params: int, enc_features: Sequence[int] = (16, 32, 32, 32),
                  dec_features: Sequence[int] = (32, 32, 32, 32, 32, 16, 16), int_steps: int = 7,
-                 hyper_layers: int = 6, hyper_units: int = 128, pad_mode: str = "replicate"):
+                 hyper_layers: int = 6, hyper_units: int = 128, pad_mode: str = "replicate",
+                 regularizer: str = "elastic", class_names: Sequence[str] | None = None):
         ndim = len(inshape) if isinstance(inshape, (list, tuple)) else 0
         hypernetwork = HyperNetwork(nb_hyp_params, hyper_layers, hyper_units)  # validates its arguments first
+        layout = {"nb_hyp_params": nb_hyp_params, "regularizer": regularizer,
+                  "class_names": None if class_names is None else [str(name) for name in class_names]}
+        kind_from_config(layout)  # validates the parameter layout
         super().__init__(inshape, enc_features, dec_features, int_steps, pad_mode,
                          conv=partial(_hyper_block, ndim, hyper_units))
         self.hypernetwork = hypernetwork
-        self._config = {"inshape": list(self.inshape), "nb_hyp_params": nb_hyp_params,
+        self._config = {"inshape": list(self.inshape), **layout,
                         "enc_features": [int(f) for f in enc_features],
                         "dec_features": [int(f) for f in dec_features], "int_steps": int_steps,
                         "hyper_layers": hyper_layers, "hyper_units": hyper_units, "pad_mode": pad_mode}
@@ -307,6 +275,16 @@ class HyperVxmDense(_Registration):
     def nb_hyp_params(self) -> int:
         """Length P of the parameter vector."""
         return self.hypernetwork.nb_hyp_params
+
+    @property
+    def kind(self) -> ModelKind:
+        """How the model reads its parameter vector: model type, regularizer, class names."""
+        return kind_from_config(self._config)
+
+    @classmethod
+    def _stored_config(cls, payload: dict[str, Any], source: str) -> dict[str, Any]:
+        # Files written before the config held the kind are completed (or refused) by the checkpoint format.
+        return hyper_model_config(payload, source)
 
     def embed(self, hyper: torch.Tensor) -> torch.Tensor:
         """Hypernetwork embedding ``[B, hyper_units]``, or ``[1, hyper_units]`` when all rows of hyper are equal."""
@@ -333,18 +311,25 @@ def _hyper_block(ndim: int, embedding_size: int, in_channels: int, out_channels:
     return HyperConv(ndim, in_channels, out_channels, embedding_size)
 
 
-def spatial_from_global(global_model: HyperVxmDense, num_classes: int) -> HyperVxmDense:
-    """A spatially adaptive model (P = 2C) that starts as a copy of the global model (P = 2).
+def spatial_from_global(global_model: HyperVxmDense, num_classes: int,
+                        class_names: Sequence[str] | None = None) -> HyperVxmDense:
+    """A spatially adaptive elastic model (P = 2C) that starts as a copy of the global elastic model (P = 2).
 
     The first hypernetwork layer sees each class's lambda (and mu) with 1/C of the global weight, so a vector
     whose classes share one ``(lam, mu)`` gives exactly the global model's output: training the spatial model
     then only has to learn how the tissues differ (a warm start; the paper trains it from scratch).
+    ``class_names`` (default: the global model's, when it records C of them) name the C classes.
     """
-    if global_model.nb_hyp_params != 2:
-        raise ValueError(f"global_model must take [lam, mu] (nb_hyp_params 2), got {global_model.nb_hyp_params}")
+    kind = global_model.kind
+    if (kind.model_type, kind.regularizer) != ("global", "elastic"):
+        raise ValueError(f"global_model must be the global elastic model (P = 2, [lam, mu]), got a "
+                         f"{kind.model_type} {kind.regularizer} model with nb_hyp_params {global_model.nb_hyp_params}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-    config = {**global_model.config, "nb_hyp_params": 2 * num_classes}
+    if class_names is None and len(kind.class_names) == num_classes:
+        class_names = kind.class_names
+    config = {**global_model.config, "nb_hyp_params": 2 * num_classes,
+              "class_names": None if class_names is None else list(class_names)}
     model = HyperVxmDense(**config)
     state = dict(global_model.state_dict())
     first = state["hypernetwork.layers.0.weight"]  # [units, 2]: columns lam, mu

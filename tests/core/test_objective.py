@@ -4,8 +4,9 @@ import torch
 
 from hypermorph_spatially_adaptive.core import regularizers
 from hypermorph_spatially_adaptive.core.losses import ncc_loss
-from hypermorph_spatially_adaptive.core.objective import (constant_hyperparams, nb_hyp_params, registration_loss,
-                                                     sample_training_hyperparams)
+from hypermorph_spatially_adaptive.core.hyperparams import nb_hyp_params
+from hypermorph_spatially_adaptive.core.objective import (constant_hyperparams, registration_loss,
+                                                          sample_training_hyperparams)
 
 
 def _batch(seed=0, shape=(12, 10)):

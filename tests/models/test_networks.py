@@ -7,7 +7,8 @@ import torch
 
 from hypermorph_spatially_adaptive import HyperVxmDense, RegistrationOutput, VxmDense
 from hypermorph_spatially_adaptive.models.hypernetwork import HyperConv
-from hypermorph_spatially_adaptive.models.networks import FORMAT, PlainConv, UNet
+from hypermorph_spatially_adaptive.models.checkpoints import FORMAT
+from hypermorph_spatially_adaptive.models.networks import PlainConv, UNet
 
 TINY = dict(enc_features=(4, 8), dec_features=(8, 8, 4), hyper_layers=2, hyper_units=16)
 

@@ -10,7 +10,7 @@ import torch
 
 from hypermorph_spatially_adaptive.core import metrics as eval_metrics
 from hypermorph_spatially_adaptive.stages.identification import refinement, stage as identification_stage
-from hypermorph_spatially_adaptive.models.checkpoints import load_trained_model
+from hypermorph_spatially_adaptive.models.trained import load_trained_model
 from hypermorph_spatially_adaptive.evaluation.pair_metrics import pair_metrics
 from hypermorph_spatially_adaptive.stages.identification.choice import choose_parameters
 from hypermorph_spatially_adaptive.stages.identification.grid import parse_values, simplex_grid
@@ -397,7 +397,7 @@ def test_bad_input_exits_2_naming_the_option_and_writes_nothing(case, flag, base
         argv += ["--refine", "--spatial-model", str(models["global"])]
     elif case == "other_classes":
         state = torch.load(models["global"], weights_only=False)
-        state["config"]["class_names"] = ["background", "lung"]
+        state["model_config"]["class_names"] = state["config"]["class_names"] = ["background", "lung"]
         torch.save(state, tmp_path / "other.pt")
         argv[argv.index("--model") + 1] = str(tmp_path / "other.pt")
     elif case == "empty_split":

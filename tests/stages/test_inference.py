@@ -14,7 +14,7 @@ from hypermorph_spatially_adaptive.core import metrics as eval_metrics
 from hypermorph_spatially_adaptive.data import nifti_io
 from hypermorph_spatially_adaptive.evaluation import statistics
 from hypermorph_spatially_adaptive.stages.inference import report
-from hypermorph_spatially_adaptive.models.checkpoints import load_trained_model
+from hypermorph_spatially_adaptive.models.trained import load_trained_model
 from hypermorph_spatially_adaptive.evaluation.pair_metrics import end_point_error
 from hypermorph_spatially_adaptive.stages.inference import main
 from hypermorph_spatially_adaptive.stages.inference.pairs import method_parameters

@@ -12,6 +12,7 @@ import torch
 
 from hypermorph_spatially_adaptive import HyperVxmDense
 from hypermorph_spatially_adaptive.core import objective
+from hypermorph_spatially_adaptive.core.hyperparams import nb_hyp_params
 from hypermorph_spatially_adaptive.stages.training import LOG_COLUMNS, main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,8 +53,10 @@ def test_tiny_run_writes_the_contract_outputs(model_type, regularizer, phantom_r
         assert key in checkpoint
     assert checkpoint["step"] == 3
     model = HyperVxmDense.load(out / "checkpoints" / "best.pt")
+    assert (model.kind.model_type, model.kind.regularizer) == (model_type, regularizer)  # recorded, not guessed
+    assert list(model.kind.class_names) == config["class_names"]
     classes = len(config["class_names"]) if model_type == "spatial" else 1
-    assert model.nb_hyp_params == objective.nb_hyp_params(regularizer, classes)
+    assert model.nb_hyp_params == nb_hyp_params(regularizer, classes)
     moving = fixed = torch.rand(1, 1, 32, 32)
     output = model(moving, fixed, torch.full((1, model.nb_hyp_params), 0.2))
     assert output.displacement.shape == (1, 2, 32, 32)

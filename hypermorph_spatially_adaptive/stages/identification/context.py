@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ...models.checkpoints import ModelInfo, load_trained_model
+from ...models.trained import ModelInfo, load_trained_model
 from ...runtime import resolve_device
 from ..cli import dataset_options, open_dataset
 from .grid import parse_values, simplex_grid, value_grid

@@ -10,7 +10,7 @@ import torch
 
 from ...core.hyperparams import validate_hyperparams
 from ...data import nifti_io
-from ...models.checkpoints import ModelInfo, load_trained_model
+from ...models.trained import ModelInfo, load_trained_model
 from ...models.networks import HyperVxmDense
 from ...runtime import resolve_device
 from ..cli import open_dataset

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from ...core.objective import CLASS_SAMPLING, REGULARIZERS
+from ...core.hyperparams import REGULARIZERS
+from ...core.objective import CLASS_SAMPLING
 from ..cli import HelpFormatter, add_data_args, add_run_args, run_stage
 from .stage import LR_SCHEDULES, MODEL_TYPES, TrainingError, train
 

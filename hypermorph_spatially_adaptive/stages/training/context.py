@@ -9,9 +9,9 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
-from ...models.checkpoints import load_trained_model
-from ...core.objective import nb_hyp_params
+from ...core.hyperparams import nb_hyp_params
 from ...models.networks import HyperVxmDense, spatial_from_global
+from ...models.trained import load_trained_model
 from ...runtime import DistributedContext, init_distributed, resolve_device, seed_everything
 from ..cli import open_dataset
 
@@ -90,17 +90,17 @@ def prepare(args: argparse.Namespace) -> StageContext:
             raise ValueError(f"--dataset {args.dataset}: pairs have no {args.label_source} labels for the Lame maps")
     seed_everything(args.seed)  # same initial weights on every rank
     if getattr(args, "init_from", None):
-        model = _warm_start(args, num_classes)
+        model = _warm_start(args, class_names)
     else:
         model = HyperVxmDense(inshape, nb_hyp_params(args.regularizer, num_classes),
                               enc_features=tuple(args.enc_features), dec_features=tuple(args.dec_features),
                               int_steps=args.int_steps, hyper_layers=args.hyper_layers,
-                              hyper_units=args.hyper_units)
+                              hyper_units=args.hyper_units, regularizer=args.regularizer, class_names=class_names)
     return StageContext(args, Path(args.out), device, distributed, train_set, val_set, class_names, num_classes, spacing,
                 model.to(device))
 
 
-def _warm_start(args: argparse.Namespace, num_classes: int) -> HyperVxmDense:
+def _warm_start(args: argparse.Namespace, class_names: Sequence[str]) -> HyperVxmDense:
     """The spatial model initialised from ``--init-from``; the width flags are set to the checkpoint's."""
     if args.regularizer != "elastic":
         raise ValueError("--init-from needs --regularizer elastic (it copies a global elastic model)")
@@ -111,7 +111,7 @@ def _warm_start(args: argparse.Namespace, num_classes: int) -> HyperVxmDense:
     args.enc_features, args.dec_features = config["enc_features"], config["dec_features"]
     args.int_steps, args.hyper_layers, args.hyper_units = (config["int_steps"], config["hyper_layers"],
                                                            config["hyper_units"])
-    return spatial_from_global(global_model, num_classes)
+    return spatial_from_global(global_model, len(class_names), class_names)
 
 
 def run_info(ctx: StageContext) -> dict[str, Any]:

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from ...core.objective import constant_hyperparams, registration_loss, sample_training_hyperparams
 from ...data.registry import collate_pairs
 from ...evaluation.pair_metrics import nanmean, pair_metrics
-from ...files import atomic_torch_save, atomic_write_json
-from ...models.networks import FORMAT, read_checkpoint
+from ...files import atomic_write_json
+from ...models.checkpoints import hyper_model_config, read_checkpoint, save_checkpoint, training_checkpoint
 from ...runtime import DistributedContext, rng_state, set_rng_state
 from ..cli import write_config
 from .context import StageContext, common_spacing, prepare, run_info
@@ -62,9 +62,7 @@ class _ResumableSampler(DistributedSampler):
 
 
 def _checkpoint(ctx: StageContext, optimizer: torch.optim.Optimizer, step: int, epoch: int, best: float) -> dict:
-    return {"format": FORMAT, "model_config": ctx.model.config, "model_state": ctx.model.state_dict(),
-            "config": run_info(ctx), "optimizer_state": optimizer.state_dict(), "step": step, "epoch": epoch,
-            "best_score": best, "rng": rng_state()}
+    return training_checkpoint(ctx.model, run_info(ctx), optimizer.state_dict(), step, epoch, best, rng_state())
 
 
 def _validation_hyper(ctx: StageContext) -> torch.Tensor:
@@ -124,9 +122,13 @@ def _load_resume(ctx: StageContext, optimizer: torch.optim.Optimizer) -> tuple[i
     if "upgraded_from" in state:
         raise ValueError(f"--resume {path}: a {state['upgraded_from']} checkpoint cannot be resumed (its optimizer "
                          f"state has the old kernel-head layout); its weights load everywhere else")
-    if state.get("model_config") != ctx.model.config:
-        raise ValueError(f"--resume {path}: the checkpoint's model ({state.get('model_config')}) differs from the "
-                         f"options given ({ctx.model.config})")
+    try:
+        stored = hyper_model_config(state, str(path))
+    except ValueError as error:
+        raise ValueError(f"--resume {error}") from None
+    if stored != ctx.model.config:
+        raise ValueError(f"--resume {path}: the checkpoint's model ({stored}) differs from the options given "
+                         f"({ctx.model.config})")
     ctx.model.load_state_dict(state["model_state"])
     optimizer.load_state_dict(state["optimizer_state"])
     set_rng_state(state["rng"])
@@ -229,11 +231,11 @@ def train(args: argparse.Namespace) -> Path:
                 score = scores["dice_mean"] if not math.isnan(scores["dice_mean"]) else -scores["tre_mm"]
                 if not math.isnan(score) and score > best:
                     best = score
-                    atomic_torch_save(_checkpoint(ctx, optimizer, step, epoch, best), checkpoints / "best.pt")
+                    save_checkpoint(_checkpoint(ctx, optimizer, step, epoch, best), checkpoints / "best.pt")
             if row:
                 log.append(**row, time_s=time.perf_counter() - started)
             if distributed.is_main and (step % args.checkpoint_every == 0 or last):
-                atomic_torch_save(_checkpoint(ctx, optimizer, step, epoch, best), checkpoints / "last.pt")
+                save_checkpoint(_checkpoint(ctx, optimizer, step, epoch, best), checkpoints / "last.pt")
             if last:
                 break
     progress.close()
@@ -246,5 +248,5 @@ def train(args: argparse.Namespace) -> Path:
         torch.distributed.destroy_process_group()
     if distributed.is_main and not (checkpoints / "best.pt").exists():
         # No validation split: the final weights are the best we know.
-        atomic_torch_save(_checkpoint(ctx, optimizer, step, step // steps_per_epoch, best), checkpoints / "best.pt")
+        save_checkpoint(_checkpoint(ctx, optimizer, step, step // steps_per_epoch, best), checkpoints / "best.pt")
     return ctx.out
