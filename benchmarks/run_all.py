@@ -29,7 +29,7 @@ from hypermorph_spatially_adaptive.files import atomic_write_text  # noqa: E402
 from hypermorph_spatially_adaptive.runtime import resolve_device  # noqa: E402
 
 __all__ = ["RENDERERS", "benchmark_scripts", "results_file", "render_regularizers", "render_model", "render_scaling",
-           "render_identification", "render_inference", "render_report", "main"]
+           "render_identification", "render_inference", "render_training_step", "render_report", "main"]
 
 BENCH_DIR = ROOT / "benchmarks"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -53,6 +53,8 @@ What is measured:
 - **Identification** (`bench_identification.py`): parameter grid search, batched against one grid point per
   forward pass.
 - **Inference** (`bench_inference.py`): time per pair (forward + integration) and metric computation.
+- **Training step** (`bench_training_step.py`): steps per second of the training loop's step at the demo's 2D
+  settings, global and spatial model, optionally against a reference measurement (e.g. an earlier commit).
 
 All timings are wall time on a possibly shared machine: the machine table gives the load average when each
 benchmark started. A results file `<name>_cuda.json` holds the same benchmark on a GPU (`run_all.py --device
@@ -219,12 +221,27 @@ def render_inference(data: dict) -> str:
                         "peak MiB"], rows, digits=(0, 3, 3, 3, 3, 3, 0))])
 
 
+def render_training_step(data: dict) -> str:
+    """``training_step.json``: median seconds per step and steps per second, and the reference run if recorded."""
+    runs = [(data.get("label", "this run"), data)]
+    runs += [(r.get("label", "reference"), r) for r in data.get("references", [])]
+    rows = [[label, r["model_type"], 1e3 * r["median_s"], r["steps_per_s"], 1e3 * r["min_s"]]
+            for label, run in runs for r in run.get("results", [])]
+    text = (f"Shape {_shape(data.get('shape', []))}, batch {data.get('batch')}, {data.get('threads')} threads, device "
+            f"{data.get('device')}; median over {_get(data, 'results', default=[{}])[0].get('steps')} steps:\n\n"
+            + markdown_table(["run", "model", "median ms", "steps/s", "min ms"], rows, digits=(0, 0, 1, 2, 1)))
+    for label, run in runs[1:]:
+        text += f"\n\n`{label}`: {run.get('note', '')}".rstrip()
+    return text
+
+
 RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "regularizers.json": ("Regularizer: fast against the straightforward formulation", render_regularizers),
     "model.json": ("Model step: hypernetwork against plain U-Net", render_model),
     "scaling.json": ("Scaling with image size", render_scaling),
     "identification.json": ("Parameter identification: batched against unbatched", render_identification),
     "inference.json": ("Inference per pair", render_inference),
+    "training_step.json": ("Training steps per second", render_training_step),
 }
 
 

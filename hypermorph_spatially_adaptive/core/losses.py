@@ -17,9 +17,9 @@ from .tensors import Parameter, as_voxelwise, check_image, check_reduction, redu
 __all__ = ["local_ncc", "ncc_loss", "mse_loss", "NCC", "MSE"]
 
 
-def _check_pair(fixed: torch.Tensor, warped: torch.Tensor) -> int:
-    ndim = check_image(fixed, "fixed", channels=1)
-    check_image(warped, "warped", channels=1)
+def _check_pair(fixed: torch.Tensor, warped: torch.Tensor, validate: bool = True) -> int:
+    ndim = check_image(fixed, "fixed", channels=1, check_values=validate)
+    check_image(warped, "warped", channels=1, check_values=validate)
     if fixed.shape != warped.shape:
         raise ValueError(f"fixed and warped must have the same shape [B, 1, *S], got fixed {tuple(fixed.shape)} "
                          f"and warped {tuple(warped.shape)}")
@@ -55,7 +55,8 @@ def _box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
     return x
 
 
-def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
+def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = 1e-5, *,
+              validate: bool = True) -> torch.Tensor:
     """Squared local correlation coefficient ``cc`` ``[B, 1, *S]`` in [0, 1] between two images ``[B, 1, *S]``.
 
     Over the ``window^ndim`` box centred at each voxel (only its part inside the image), with window means
@@ -70,8 +71,9 @@ def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: f
     ``cc = eps / (var + eps) ~ 0`` (a mismatch, so flattening the warped image is never rewarded); a window
     flat in both gives cc = 1. ``cc <= 1`` by Cauchy-Schwarz; it is clamped to [0, 1] against rounding. Each
     image's global mean is subtracted first (cc is unchanged) to limit float32 cancellation in the variances.
+    ``validate=False`` skips the finiteness checks of the images (shapes are always checked).
     """
-    ndim = _check_pair(fixed, warped)
+    ndim = _check_pair(fixed, warped, validate)
     _check_window(window)
     if not float(eps) > 0:
         raise ValueError(f"eps must be positive (it keeps flat windows finite), got {eps}")
@@ -87,10 +89,10 @@ def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: f
 
 
 def _weight_mask_reduce(values: torch.Tensor, weight: Parameter | None, mask: torch.Tensor | None,
-                        reduction: str) -> torch.Tensor:
+                        reduction: str, validate: bool = True) -> torch.Tensor:
     """Apply weight and mask to a per-voxel map ``[B, 1, *S]`` and reduce it (see the module docstring)."""
     if weight is not None:
-        values = values * as_voxelwise(weight, values, "weight")
+        values = values * as_voxelwise(weight, values, "weight", check_values=validate)
     if mask is None:
         return reduce_loss(values, reduction)
     batch, spatial = values.shape[0], tuple(values.shape[2:])
@@ -99,7 +101,7 @@ def _weight_mask_reduce(values: torch.Tensor, weight: Parameter | None, mask: to
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"mask must have shape [B={batch} or 1, 1, {', '.join(map(str, spatial))}], got {shape}")
     mask = mask.to(values.dtype)
-    if not torch.isfinite(mask).all() or (mask < 0).any():
+    if validate and (not torch.isfinite(mask).all() or (mask < 0).any()):
         raise ValueError("mask must be finite and non-negative (0/1 or a soft mask)")
     values = values * mask
     if reduction != "mean":
@@ -110,15 +112,18 @@ def _weight_mask_reduce(values: torch.Tensor, weight: Parameter | None, mask: to
 
 
 def ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, weight: Parameter | None = None,
-             mask: torch.Tensor | None = None, reduction: str = "mean", eps: float = 1e-5) -> torch.Tensor:
+             mask: torch.Tensor | None = None, reduction: str = "mean", eps: float = 1e-5, *,
+             validate: bool = True) -> torch.Tensor:
     """Local NCC loss, per voxel ``1 - cc`` with ``cc`` from :func:`local_ncc` (0 = perfect match, at most 1).
 
     fixed, warped ``[B, 1, *S]``; ``window`` odd, voxels per axis; weight: float, ``[B]`` or ``[B, 1, *S]``;
     mask ``[B or 1, 1, *S]``; reduction ``"mean"`` (over masked voxels with a mask), ``"sum"`` or ``"none"``
-    (the weighted, masked map ``[B, 1, *S]``).
+    (the weighted, masked map ``[B, 1, *S]``). ``validate=False`` skips the checks that read the data (finite
+    images, finite non-negative weight and mask), for callers that checked them once.
     """
     check_reduction(reduction)  # before the NCC map is computed
-    return _weight_mask_reduce(1.0 - local_ncc(fixed, warped, window, eps), weight, mask, reduction)
+    cc = local_ncc(fixed, warped, window, eps, validate=validate)
+    return _weight_mask_reduce(1.0 - cc, weight, mask, reduction, validate)
 
 
 def mse_loss(fixed: torch.Tensor, warped: torch.Tensor, weight: Parameter | None = None,

@@ -58,12 +58,17 @@ def constant_hyperparams(values: Sequence[float], num_classes: int, batch: int =
 
 def registration_loss(fixed: torch.Tensor, warped: torch.Tensor, velocity: torch.Tensor, hyper: torch.Tensor, *,
                       regularizer: str = "elastic", num_classes: int = 1, labels: torch.Tensor | None = None,
-                      spacing: Sequence[float] | None = None, ncc_window: int = 9) -> LossTerms:
+                      spacing: Sequence[float] | None = None, ncc_window: int = 9,
+                      validate: bool = True) -> LossTerms:
     """Loss of one batch.
 
     fixed, warped ``[B, 1, *S]``; velocity ``[B, ndim, *S]`` (voxels); hyper ``[B, P]``. With ``num_classes > 1``
     (spatially adaptive model) ``labels`` ``[B, 1, *S]`` (int64, 0..C-1, on the fixed grid) make the parameters
     voxelwise. ``spacing`` (mm) makes the regularizer physical. Each sample is weighted by its own parameters.
+
+    With ``validate=True`` every input is checked (images and velocity finite, parameters finite and
+    non-negative, labels in ``0..C-1``), which on a GPU costs a host-device synchronisation per check. The
+    training step checks its batch once on the CPU and passes ``validate=False``: then only shapes are checked.
     """
     if num_classes > 1 and labels is None:
         raise ValueError("labels [B, 1, *S] are required for a spatially adaptive model (num_classes > 1)")
@@ -71,16 +76,16 @@ def registration_loss(fixed: torch.Tensor, warped: torch.Tensor, velocity: torch
     if regularizer == "elastic":
         lam, mu = split_hyperparams(hyper, num_classes)
         if spatial:
-            lam, mu = regularizers.lame_maps(labels, lam, mu)
+            lam, mu = regularizers.lame_maps(labels, lam, mu, validate=validate)
         else:
             lam, mu = lam[:, 0], mu[:, 0]
         weight = similarity_weight(lam, mu)
-        regularization = regularizers.elastic_energy(velocity, lam, mu, spacing=spacing)
+        regularization = regularizers.elastic_energy(velocity, lam, mu, spacing=spacing, validate=validate)
     elif regularizer == "diffusion":
-        h = regularizers.class_map(labels, hyper) if spatial else hyper[:, 0]
+        h = regularizers.class_map(labels, hyper, validate=validate) if spatial else hyper[:, 0]
         weight = (1.0 - h).clamp_min(0.0)
-        regularization = regularizers.diffusion_energy(velocity, h, spacing=spacing)
+        regularization = regularizers.diffusion_energy(velocity, h, spacing=spacing, validate=validate)
     else:
         raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {regularizer!r}")
-    similarity = ncc_loss(fixed, warped, window=ncc_window, weight=weight)
+    similarity = ncc_loss(fixed, warped, window=ncc_window, weight=weight, validate=validate)
     return LossTerms(similarity + regularization, similarity, regularization)

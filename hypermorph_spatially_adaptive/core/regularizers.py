@@ -46,7 +46,7 @@ def _weighted(term: torch.Tensor, weight: torch.Tensor | float) -> torch.Tensor:
 
 
 def elastic_energy(velocity: torch.Tensor, lam: Parameter, mu: Parameter, spacing: Spacing = None,
-                   reduction: str = "mean") -> torch.Tensor:
+                   reduction: str = "mean", *, validate: bool = True) -> torch.Tensor:
     """Linear-elastic energy of a velocity field ``[B, ndim, *S]`` (voxels).
 
     Per voxel ``lam / 2 * (div v)^2 + mu / 4 * sum_ij (d_i v_j + d_j v_i)^2`` with i, j over all ndim axes, i.e.
@@ -61,13 +61,14 @@ def elastic_energy(velocity: torch.Tensor, lam: Parameter, mu: Parameter, spacin
     backward that keeps no intermediates; second derivatives are not supported).
 
     Returns the map ``[B, 1, *S]`` for ``reduction="none"``, its mean over all voxels and the batch (border
-    included) for ``"mean"``, or its sum for ``"sum"``.
+    included) for ``"mean"``, or its sum for ``"sum"``. ``validate=False`` skips the checks that read the data
+    (finite field, finite non-negative parameters); shapes are always checked.
     """
     check_reduction(reduction)
-    ndim = check_field(velocity, "velocity")
+    ndim = check_field(velocity, "velocity", check_values=validate)
     spacing = check_spacing(spacing, ndim)
-    lam = as_voxelwise(lam, velocity, "lam")
-    mu = as_voxelwise(mu, velocity, "mu")
+    lam = as_voxelwise(lam, velocity, "lam", check_values=validate)
+    mu = as_voxelwise(mu, velocity, "mu", check_values=validate)
     return reduce_loss(FusedElasticEnergy.apply(velocity, lam, mu, spacing), reduction)
 
 
@@ -98,19 +99,20 @@ def elastic_energy_reference(velocity: torch.Tensor, lam: Parameter, mu: Paramet
 
 
 def diffusion_energy(velocity: torch.Tensor, weight: Parameter, spacing: Spacing = None,
-                     reduction: str = "mean") -> torch.Tensor:
+                     reduction: str = "mean", *, validate: bool = True) -> torch.Tensor:
     """Diffusion energy of a velocity field ``[B, ndim, *S]`` (voxels): ``weight * sum_a sum_k (d_a v_k)^2``.
 
     No 1/2 factor; i and k run over all ndim axes and components. Same derivatives as :func:`elastic_energy`:
     forward differences, zero at the last index of their axis, ``d_a v_k = spacing_k / spacing_a * diff_a v_k``
     with ``spacing`` (mm per voxel), voxels without. ``weight`` is a float, a per-sample tensor ``[B]`` or a
     voxelwise map ``[B, 1, *S]``, non-negative. Returns the map ``[B, 1, *S]`` (``"none"``), its mean over all
-    voxels and the batch, border included (``"mean"``) or its sum (``"sum"``).
+    voxels and the batch, border included (``"mean"``) or its sum (``"sum"``). ``validate=False`` as for
+    :func:`elastic_energy`.
     """
     check_reduction(reduction)
-    ndim = check_field(velocity, "velocity")
+    ndim = check_field(velocity, "velocity", check_values=validate)
     spacing = check_spacing(spacing, ndim)
-    weight = as_voxelwise(weight, velocity, "weight")
+    weight = as_voxelwise(weight, velocity, "weight", check_values=validate)
 
     total = None
     for a in range(ndim):
@@ -133,8 +135,8 @@ def _check_labels(labels: torch.Tensor) -> None:
         raise ValueError(f"labels must have shape [B, 1, *S] with 2 or 3 spatial axes, got {tuple(labels.shape)}")
 
 
-def _class_values(values: torch.Tensor, name: str, batch: int) -> torch.Tensor:
-    """Per-class values ``[B, C]`` or ``[C]`` -> ``[B, C]``, checked finite and non-negative."""
+def _class_values(values: torch.Tensor, name: str, batch: int, validate: bool) -> torch.Tensor:
+    """Per-class values ``[B, C]`` or ``[C]`` -> ``[B, C]``, checked finite and non-negative when ``validate``."""
     if not isinstance(values, torch.Tensor) or not values.is_floating_point():
         raise ValueError(f"{name} must be a floating-point torch.Tensor [B, C] or [C], got "
                          f"{type(values).__name__ if not isinstance(values, torch.Tensor) else values.dtype}")
@@ -142,15 +144,17 @@ def _class_values(values: torch.Tensor, name: str, batch: int) -> torch.Tensor:
         values = values.unsqueeze(0).expand(batch, -1)
     elif values.dim() != 2 or values.shape[0] != batch:
         raise ValueError(f"{name} must have shape [B={batch}, C] or [C], got {tuple(values.shape)}")
-    if not torch.isfinite(values).all() or (values < 0).any():
-        raise ValueError(f"{name} must be finite and non-negative")
+    if validate and values.numel():
+        low, high = torch.aminmax(values)  # one pass and one sync: NaN fails both comparisons
+        if not bool((low >= 0) & (high < float("inf"))):
+            raise ValueError(f"{name} must be finite and non-negative")
     return values
 
 
-def _gather_maps(labels: torch.Tensor, *per_class: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _gather_maps(labels: torch.Tensor, *per_class: torch.Tensor, validate: bool) -> tuple[torch.Tensor, ...]:
     """Voxelwise maps ``[B, 1, *S]`` of per-class values ``[B, C]`` (labels checked to lie in ``0..C-1``)."""
     classes = per_class[0].shape[1]
-    if labels.numel():
+    if validate and labels.numel():
         low, high = (int(x) for x in torch.aminmax(labels))
         if low < 0 or high >= classes:
             raise ValueError(f"labels must lie in 0..{classes - 1} (C={classes} classes), got values in {low}..{high}")
@@ -158,27 +162,31 @@ def _gather_maps(labels: torch.Tensor, *per_class: torch.Tensor) -> tuple[torch.
     return tuple(torch.gather(values, 1, index).view(labels.shape) for values in per_class)
 
 
-def class_map(labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def class_map(labels: torch.Tensor, values: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
     """Voxelwise map ``v(x) = values[label(x)]`` ``[B, 1, *S]`` of per-class values ``[B, C]`` or ``[C]``.
 
-    ``labels`` ``[B, 1, *S]`` integer with values ``0..C-1``; values non-negative and finite. Differentiable with
-    respect to ``values``.
+    ``labels`` ``[B, 1, *S]`` integer with values ``0..C-1``; values non-negative and finite (neither is read with
+    ``validate=False``). Differentiable with respect to ``values``.
     """
     _check_labels(labels)
-    return _gather_maps(labels, _class_values(values, "values", labels.shape[0]))[0]
+    values = _class_values(values, "values", labels.shape[0], validate)
+    return _gather_maps(labels, values, validate=validate)[0]
 
 
-def lame_maps(labels: torch.Tensor, lam: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def lame_maps(labels: torch.Tensor, lam: torch.Tensor, mu: torch.Tensor, *,
+              validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Voxelwise Lame maps ``lam(x) = lam[label(x)]``, ``mu(x) = mu[label(x)]``, each ``[B, 1, *S]``.
 
     ``labels`` ``[B, 1, *S]`` integer with values ``0..C-1``; ``lam`` and ``mu`` per class ``[B, C]`` or ``[C]``
-    (shared by the batch), non-negative and finite. Differentiable with respect to ``lam`` and ``mu``.
+    (shared by the batch), non-negative and finite (values not read with ``validate=False``). Differentiable
+    with respect to ``lam`` and ``mu``.
     """
     _check_labels(labels)
-    lam, mu = _class_values(lam, "lam", labels.shape[0]), _class_values(mu, "mu", labels.shape[0])
+    batch = labels.shape[0]
+    lam, mu = _class_values(lam, "lam", batch, validate), _class_values(mu, "mu", batch, validate)
     if lam.shape[1] != mu.shape[1]:
         raise ValueError(f"mu must have as many classes as lam ({lam.shape[1]}), got shape {tuple(mu.shape)}")
-    lam_map, mu_map = _gather_maps(labels, lam, mu)
+    lam_map, mu_map = _gather_maps(labels, lam, mu, validate=validate)
     return lam_map, mu_map
 
 

@@ -2,6 +2,11 @@
 
 Conventions: images ``[B, C, *S]``, fields ``[B, ndim, *S]`` in voxels (channel k = array axis k),
 ``ndim = len(S)`` in {2, 3}.
+
+Two kinds of check: shapes, dtypes and counts (free: they read tensor metadata) and values (finite, in range: they
+read the data, which on a GPU is a host-device synchronisation). The value checks run at the boundaries: public
+functions check by default and take ``validate=False`` for callers that checked their inputs once already, such
+as the training step (see :mod:`..stages.training.step`).
 """
 from __future__ import annotations
 
@@ -52,8 +57,9 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all())
 
 
-def check_field(field: torch.Tensor, name: str = "field") -> int:
-    """Validate a field ``[B, ndim, *S]`` (ndim 2 or 3, channels == ndim, finite); return ndim."""
+def check_field(field: torch.Tensor, name: str = "field", check_values: bool = True) -> int:
+    """Validate a field ``[B, ndim, *S]`` (ndim 2 or 3, channels == ndim; finite unless ``check_values=False``);
+    return ndim."""
     if not isinstance(field, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor [B, ndim, *S], got {type(field).__name__}")
     ndim = field.dim() - 2
@@ -64,13 +70,15 @@ def check_field(field: torch.Tensor, name: str = "field") -> int:
             f"{name} must have ndim={ndim} channels for a {ndim}D grid (shape [B, {ndim}, *S]), "
             f"got {field.shape[1]} channels in shape {tuple(field.shape)}"
         )
-    if not all_finite(field):
+    if check_values and not all_finite(field):
         raise ValueError(f"{name} contains NaN or infinite values")
     return ndim
 
 
-def check_image(image: torch.Tensor, name: str = "image", channels: int | None = None) -> int:
-    """Validate an image ``[B, C, *S]`` (2D or 3D, finite, optional channel count); return ndim."""
+def check_image(image: torch.Tensor, name: str = "image", channels: int | None = None,
+                check_values: bool = True) -> int:
+    """Validate an image ``[B, C, *S]`` (2D or 3D, optional channel count; finite unless ``check_values=False``);
+    return ndim."""
     if not isinstance(image, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor [B, C, *S], got {type(image).__name__}")
     ndim = image.dim() - 2
@@ -78,12 +86,13 @@ def check_image(image: torch.Tensor, name: str = "image", channels: int | None =
         raise ValueError(f"{name} must have shape [B, C, *S] with 2 or 3 spatial axes, got shape {tuple(image.shape)}")
     if channels is not None and image.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channel(s) [B, {channels}, *S], got shape {tuple(image.shape)}")
-    if image.is_floating_point() and not all_finite(image):
+    if check_values and image.is_floating_point() and not all_finite(image):
         raise ValueError(f"{name} contains NaN or infinite values")
     return ndim
 
 
-def check_spacing(spacing: Sequence[float] | torch.Tensor | None, ndim: int, name: str = "spacing") -> tuple[float, ...]:
+def check_spacing(spacing: Sequence[float] | torch.Tensor | None, ndim: int,
+                  name: str = "spacing") -> tuple[float, ...]:
     """Return spacing (mm per voxel, one value per axis) as a tuple; ``None`` means 1 voxel = 1 unit."""
     if spacing is None:
         return (1.0,) * ndim
@@ -97,11 +106,13 @@ def check_spacing(spacing: Sequence[float] | torch.Tensor | None, ndim: int, nam
     return values
 
 
-def as_voxelwise(value: Parameter, like: torch.Tensor, name: str) -> torch.Tensor | float:
+def as_voxelwise(value: Parameter, like: torch.Tensor, name: str,
+                 check_values: bool = True) -> torch.Tensor | float:
     """Bring a parameter to a form that broadcasts against a map ``[B, 1, *S]`` shaped like ``like``.
 
     Accepts a float (returned as is), a per-sample tensor ``[B]`` (returned as ``[B, 1, 1, ...]``) or a
-    voxelwise map ``[B, 1, *S]``. Values must be finite and non-negative.
+    voxelwise map ``[B, 1, *S]``. Values must be finite and non-negative (a tensor's are not read with
+    ``check_values=False``).
     """
     batch, spatial = like.shape[0], tuple(like.shape[2:])
     if not isinstance(value, torch.Tensor):
@@ -122,7 +133,7 @@ def as_voxelwise(value: Parameter, like: torch.Tensor, name: str) -> torch.Tenso
             f"[B={batch}, 1, {', '.join(map(str, spatial))}], got shape {tuple(value.shape)}"
         )
     out = out.to(like.dtype)
-    if out.numel():
+    if check_values and out.numel():
         # One min/max pass and one sync: NaN fails ``>= 0``, -inf fails ``>= 0``, +inf fails ``< inf``.
         low, high = torch.aminmax(out)
         if not bool((low >= 0) & (high < float("inf"))):

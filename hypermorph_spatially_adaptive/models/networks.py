@@ -17,13 +17,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.tensors import check_image
+from ..core.tensors import all_finite, check_image
 from ..core.transform import integrate_velocity, warp
 from .checkpoints import ModelKind, hyper_model_config, kind_from_config, model_file, read_checkpoint, \
     save_checkpoint
 from .hypernetwork import LEAKY_SLOPE, HyperConv, HyperNetwork, conv_nd, kaiming_std
 
-__all__ = ["RegistrationOutput", "PlainConv", "UNet", "VxmDense", "HyperVxmDense", "spatial_from_global"]
+__all__ = ["RegistrationOutput", "PlainConv", "UNet", "VxmDense", "HyperVxmDense", "Unchecked", "spatial_from_global"]
 
 PAD_MODES = ("replicate", "zeros")
 
@@ -159,17 +159,23 @@ class _Registration(nn.Module):
         return json.loads(json.dumps(self._config))  # a deep copy callers may modify
 
     def _check_pair(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
+        """Shapes and dtypes of the two images (free: no data is read)."""
         for name, image in (("moving", moving), ("fixed", fixed)):
             if not isinstance(image, torch.Tensor) or image.dim() != self.ndim + 2 or image.shape[1] != 1:
                 shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
                 raise ValueError(f"{name} must have shape [B, 1, *S] with {self.ndim} spatial axes, got {shape}")
             if not image.is_floating_point():
                 raise ValueError(f"{name} must be a floating-point image, got dtype {image.dtype}")
-            check_image(image, name, channels=1)
         if moving.shape != fixed.shape:
             what = "batch sizes" if moving.shape[0] != fixed.shape[0] else "shapes"
             raise ValueError(f"moving and fixed must have the same shape [B, 1, *S]; their {what} differ: "
                              f"moving {tuple(moving.shape)}, fixed {tuple(fixed.shape)}")
+
+    @staticmethod
+    def _check_finite(moving: torch.Tensor, fixed: torch.Tensor) -> None:
+        """The images' values (reads the data: a host-device synchronisation on a GPU)."""
+        for name, image in (("moving", moving), ("fixed", fixed)):
+            check_image(image, name, channels=1)
 
     def _register(self, moving: torch.Tensor, fixed: torch.Tensor, embedding: torch.Tensor | None) \
             -> RegistrationOutput:
@@ -230,7 +236,14 @@ class VxmDense(_Registration):
                         "pad_mode": pad_mode}
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
-        """moving, fixed ``[B, 1, *S]`` -> ``RegistrationOutput(warped, displacement, velocity)``."""
+        """moving, fixed ``[B, 1, *S]`` -> ``RegistrationOutput(warped, displacement, velocity)``; inputs checked."""
+        self._check_pair(moving, fixed)
+        self._check_finite(moving, fixed)
+        return self._register(moving, fixed, None)
+
+    def register(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
+        """:meth:`forward` without the checks that read the data (shapes are still checked), for callers that
+        checked their inputs once."""
         self._check_pair(moving, fixed)
         return self._register(moving, fixed, None)
 
@@ -292,19 +305,49 @@ class HyperVxmDense(_Registration):
             hyper = hyper[:1]
         return self.hypernetwork(hyper)
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, hyper: torch.Tensor) -> RegistrationOutput:
-        """moving, fixed ``[B, 1, *S]``, hyper ``[B, P]`` -> ``RegistrationOutput(warped, displacement, velocity)``."""
-        self._check_pair(moving, fixed)
+    def _check_hyper(self, hyper: torch.Tensor, batch: int) -> None:
         P = self.nb_hyp_params
         if not isinstance(hyper, torch.Tensor) or hyper.dim() != 2 or hyper.shape[1] != P:
             shape = tuple(hyper.shape) if isinstance(hyper, torch.Tensor) else type(hyper).__name__
             raise ValueError(f"hyper must have shape [B, P] with P={P} (the model's nb_hyp_params), got {shape}")
-        if hyper.shape[0] != moving.shape[0]:
-            raise ValueError(f"hyper batch size must equal the image batch size {moving.shape[0]}, "
+        if hyper.shape[0] != batch:
+            raise ValueError(f"hyper batch size must equal the image batch size {batch}, "
                              f"got hyper of shape {tuple(hyper.shape)}")
-        if not hyper.is_floating_point() or not torch.isfinite(hyper).all():
-            raise ValueError(f"hyper must be a finite floating-point tensor (no NaN), got dtype {hyper.dtype}")
+        if not hyper.is_floating_point():
+            raise ValueError(f"hyper must be a finite floating-point tensor, got dtype {hyper.dtype}")
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, hyper: torch.Tensor) -> RegistrationOutput:
+        """moving, fixed ``[B, 1, *S]``, hyper ``[B, P]`` -> ``RegistrationOutput(warped, displacement, velocity)``.
+
+        Checks shapes, dtypes and values (finite images and parameters: reading them is a host-device
+        synchronisation on a GPU). A caller that checked its inputs once (the training step, the grid scoring of
+        identification) runs :meth:`register` instead.
+        """
+        self._check_pair(moving, fixed)
+        self._check_hyper(hyper, moving.shape[0])
+        self._check_finite(moving, fixed)
+        if not all_finite(hyper):
+            raise ValueError("hyper must be a finite floating-point tensor (no NaN or infinity)")
         return self._register(moving, fixed, self.embed(hyper.to(moving.dtype)))
+
+    def register(self, moving: torch.Tensor, fixed: torch.Tensor, hyper: torch.Tensor) -> RegistrationOutput:
+        """:meth:`forward` without the checks that read the data: shapes and dtypes are still checked."""
+        self._check_pair(moving, fixed)
+        self._check_hyper(hyper, moving.shape[0])
+        return self._register(moving, fixed, self.embed(hyper.to(moving.dtype)))
+
+
+class Unchecked(nn.Module):
+    """A model's :meth:`~HyperVxmDense.register` as a module's forward, so that a wrapper that calls ``forward``
+    (DistributedDataParallel) runs the network without the data checks. Holds no parameters of its own: its
+    ``state_dict`` is the model's with the prefix ``model.``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> RegistrationOutput:
+        return self.model.register(*inputs)
 
 
 def _hyper_block(ndim: int, embedding_size: int, in_channels: int, out_channels: int) -> HyperConv:

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ...core import metrics
-from ...core.transform import sample_at_points
+from ...core.metrics import dice
+from ...core.transform import sample_at_points, warp
 
 __all__ = ["class_tre", "ScoringTargets", "scoring_targets", "score_displacements", "evaluate_pair",
            "default_grid_batch"]
@@ -110,10 +110,11 @@ def scoring_targets(item: dict[str, Any], device: torch.device) -> ScoringTarget
 def score_displacements(displacement: torch.Tensor, targets: ScoringTargets, num_classes: int
                         ) -> dict[str, torch.Tensor]:
     """``dice`` and ``tre_mm`` (float64 ``[G, C]``) of fields ``[G, ndim, *S]`` against one item's labels and
-    keypoints (``tre_mm`` is NaN without keypoints)."""
-    warped = metrics.warp_labels(targets.moving_labels, displacement)
-    dice = metrics.dice(targets.fixed_labels, warped, num_classes).per_class
-    return {"dice": dice, "tre_mm": _tre_by_class(displacement, targets.keypoints, num_classes)}
+    keypoints (``tre_mm`` is NaN without keypoints). The fields come from the model: their values are not checked
+    (the labels are warped by nearest sampling, as ``metrics.warp_labels`` does after its checks)."""
+    warped = warp(targets.moving_labels, displacement, mode="nearest")
+    per_class = dice(targets.fixed_labels, warped, num_classes).per_class
+    return {"dice": per_class, "tre_mm": _tre_by_class(displacement, targets.keypoints, num_classes)}
 
 
 @torch.inference_mode()
@@ -126,7 +127,8 @@ def evaluate_pair(model: torch.nn.Module, item: dict[str, Any], grid: torch.Tens
     :func:`default_grid_batch` of the model's device). Without
     ``selection`` the keys are ``dice`` and ``tre_mm`` of the item's labels; with ``selection`` (an item carrying
     other labels, e.g. automatic segmentations) ``dice`` and ``tre_mm`` are those labels' scores and
-    ``dice_eval``, ``tre_mm_eval`` the item's own.
+    ``dice_eval``, ``tre_mm_eval`` the item's own. The images and the grid are checked once (the first pass goes
+    through ``model.forward``), the other passes run ``model.register`` without the data checks.
     """
     device = next(model.parameters()).device
     grid_batch = grid_batch or default_grid_batch(device)
@@ -137,8 +139,10 @@ def evaluate_pair(model: torch.nn.Module, item: dict[str, Any], grid: torch.Tens
     for start in range(0, grid.shape[0], grid_batch):
         hyper = grid[start:start + grid_batch].to(device, torch.float32)
         count = hyper.shape[0]
-        displacement = model(moving.expand(count, *moving.shape[1:]), fixed.expand(count, *fixed.shape[1:]),
-                             hyper).displacement
+        # Later passes: the images the first pass checked, and grid points the stage built itself.
+        run = model if start == 0 else model.register
+        displacement = run(moving.expand(count, *moving.shape[1:]), fixed.expand(count, *fixed.shape[1:]),
+                           hyper).displacement
         for suffix, target in targets.items():
             for name, values in score_displacements(displacement, target, num_classes).items():
                 chunks.setdefault(name + suffix, []).append(values.cpu())

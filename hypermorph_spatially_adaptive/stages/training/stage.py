@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from ...core.objective import constant_hyperparams, registration_loss, sample_training_hyperparams
+from ...core.objective import constant_hyperparams, sample_training_hyperparams
 from ...data.registry import collate_pairs
 from ...evaluation.pair_metrics import nanmean, pair_metrics
 from ...files import atomic_write_json
@@ -27,6 +26,7 @@ from ...models.checkpoints import hyper_model_config, read_checkpoint, save_chec
 from ...runtime import DistributedContext, rng_state, set_rng_state
 from ..cli import write_config
 from .context import StageContext, common_spacing, prepare, run_info
+from .step import LossOptions, check_batch, training_network, training_step
 
 __all__ = ["MODEL_TYPES", "LR_SCHEDULES", "LOG_COLUMNS", "TrainingError", "scheduled_lr", "validate", "train"]
 
@@ -156,7 +156,8 @@ def train(args: argparse.Namespace) -> Path:
     checkpoints = ctx.out / "checkpoints"
     if distributed.is_main:
         if args.resume is None and (checkpoints / "last.pt").exists():
-            raise ValueError(f"--out {ctx.out} already holds a run; pass --resume to continue it or choose another --out")
+            raise ValueError(f"--out {ctx.out} already holds a run; pass --resume to continue it or choose "
+                             f"another --out")
         checkpoints.mkdir(parents=True, exist_ok=True)
         for stale in checkpoints.glob(".*.tmp"):  # left by a process killed mid-write
             stale.unlink()
@@ -167,52 +168,47 @@ def train(args: argparse.Namespace) -> Path:
         write_config(ctx.out, args, **{k: v for k, v in run_info(ctx).items() if k != "options"})
     log = _TrainLog(ctx.out / "train_log.csv", start_step if args.resume else None) if distributed.is_main else None
 
-    sampler = _ResumableSampler(ctx.train_set, num_replicas=distributed.world_size, rank=distributed.rank, shuffle=True,
-                                seed=args.seed, drop_last=True)
+    sampler = _ResumableSampler(ctx.train_set, num_replicas=distributed.world_size, rank=distributed.rank,
+                                shuffle=True, seed=args.seed, drop_last=True)
     loader = DataLoader(ctx.train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                         collate_fn=collate_pairs, pin_memory=device.type == "cuda", drop_last=True,
                         persistent_workers=False)
     steps_per_epoch = len(loader)
     total_steps = args.steps if args.steps is not None else args.epochs * steps_per_epoch
-    network = (DistributedDataParallel(ctx.model, device_ids=[device] if device.type == "cuda" else None)
-               if distributed.enabled else ctx.model)
+    network = training_network(ctx.model, distributed, device)
     generator = torch.Generator(device="cpu")
-    label_key = f"{getattr(args, 'label_source', 'fixed')}_labels"
+    options = LossOptions(args.regularizer, ctx.num_classes, f"{getattr(args, 'label_source', 'fixed')}_labels",
+                          args.ncc_window)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda")
 
     step, started = start_step, time.perf_counter()
-    progress = tqdm(total=total_steps, initial=start_step, desc=f"train {args.model_type}", disable=not distributed.is_main,
-                    dynamic_ncols=True)
+    progress = tqdm(total=total_steps, initial=start_step, desc=f"train {args.model_type}",
+                    disable=not distributed.is_main, dynamic_ncols=True)
     ctx.model.train()
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch)
         sampler.skip = offset * args.batch_size
         for batch in loader:
-            spacing = common_spacing(batch["spacing"], f"--dataset {args.dataset}")  # on the CPU: no device sync
+            # Checked once, on the CPU: the step itself reads no device data but its loss values.
+            spacing = common_spacing(batch["spacing"], f"--dataset {args.dataset}")
+            check_batch(batch, options)
             batch = _batch_to(batch, device)
             # Parameter draws depend only on (seed, step, rank): a resumed run draws the same ones.
             generator.manual_seed((args.seed * 1_000_003 + step) * 4096 + distributed.rank)
             hyper = sample_training_hyperparams(batch["fixed"].shape[0], ctx.num_classes, args.regularizer,
                                                 generator=generator, device=device,
                                                 class_sampling=getattr(args, "class_sampling", "independent"))
-            with autocast:
-                output = network(batch["moving"], batch["fixed"], hyper)
-            terms = registration_loss(batch["fixed"], output.warped.float(), output.velocity.float(), hyper,
-                                      regularizer=args.regularizer, num_classes=ctx.num_classes,
-                                      labels=batch.get(label_key), spacing=spacing, ncc_window=args.ncc_window)
-            loss_value, similarity, regularization = torch.stack(list(terms)).tolist()  # one device sync
+            for group in optimizer.param_groups:
+                group["lr"] = scheduled_lr(args.lr, args.lr_schedule, step, total_steps)
+            loss_value, similarity, regularization = training_step(network, optimizer, batch, hyper, spacing,
+                                                                   options, autocast)
             if not math.isfinite(loss_value):
                 progress.close()
                 raise TrainingError(
                     f"loss became {loss_value} at step {step + 1} (similarity {similarity:.4g}, "
                     f"regularization {regularization:.4g}); training stopped. The last good checkpoint "
                     f"is {checkpoints / 'last.pt'} (try a lower --lr or check the data)")
-            optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
-            for group in optimizer.param_groups:
-                group["lr"] = scheduled_lr(args.lr, args.lr_schedule, step, total_steps)
-            optimizer.step()
             step += 1
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", sim=f"{similarity:.4f}", reg=f"{regularization:.4g}")
