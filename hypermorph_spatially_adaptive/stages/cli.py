@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..data import registry
+from ..data.pair_dataset import EmptySplitError
 
 from ..files import atomic_write_json, software_versions
 
@@ -117,7 +118,9 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
 def open_dataset(args: argparse.Namespace, split: str | None = None) -> Any:
     """The ``split`` (default ``--split``) of the dataset named by the data flags.
 
-    A dataset error is re-raised with the data flags that were given, so the user sees which option to fix.
+    A dataset error is re-raised with the data flags that were given, so the user sees which option to fix: an
+    :class:`~..data.pair_dataset.EmptySplitError` (the split has no pairs) as such, any other problem as a
+    ValueError.
     """
     split = args.split if split is None else split
     if args.data_root is None:
@@ -130,7 +133,8 @@ def open_dataset(args: argparse.Namespace, split: str | None = None) -> Any:
                             ("--target-spacing", args.target_spacing), ("--dataset-option", args.dataset_option)):
             if value:
                 given.append(f"{flag} {' '.join(map(str, value)) if isinstance(value, (list, tuple)) else value}")
-        raise ValueError(f"{', '.join(given)}: {error}") from error
+        kind = EmptySplitError if isinstance(error, EmptySplitError) else ValueError
+        raise kind(f"{', '.join(given)}: {error}") from error
 
 
 def run_stage(parser: argparse.ArgumentParser, work: Callable[[argparse.Namespace], Any],

@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,3 +218,47 @@ def test_cosine_schedule_decays_from_the_base_rate_to_zero(step, expected):
 
     assert scheduled_lr(1e-3, "cosine", step, 100) == pytest.approx(expected, abs=1e-12)
     assert scheduled_lr(1e-3, "constant", step, 100) == 1e-3
+
+
+@pytest.fixture(scope="module")
+def without_val_pairs(tmp_path_factory):
+    """A phantom written without validation pairs (5 subjects: 4 train, 1 test)."""
+    from hypermorph_spatially_adaptive.data import phantom
+
+    root = tmp_path_factory.mktemp("no_val") / "data"
+    phantom.write_dataset(root, ndim=2, subjects=5, shape=(32, 32), seed=1, val=0, test=1, progress=False)
+    return root
+
+
+def test_a_dataset_without_validation_pairs_trains_without_validation_when_none_was_asked_for(
+        without_val_pairs, tmp_path, tiny_flags, capsys):
+    out = tmp_path / "run"
+    assert _train("global", without_val_pairs, out, tiny_flags, "--steps", "2", "--batch-size", "2") == 0
+    assert "validation disabled" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["options"]["val_split"] == "none"
+    with (out / "train_log.csv").open() as handle:
+        assert all(row["val_dice"] == "" for row in csv.DictReader(handle))
+
+
+def test_an_explicit_validation_split_without_pairs_is_an_error(without_val_pairs, tmp_path, tiny_flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _train("global", without_val_pairs, tmp_path / "run", tiny_flags, "--steps", "2", "--val-split", "val")
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--val-split val" in error and "has no pairs" in error
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_broken_validation_split_is_an_error_not_a_silently_skipped_validation(phantom_root, tmp_path, tiny_flags,
+                                                                                 capsys):
+    # Before, any message containing "split" disabled validation, and best.pt silently became the last weights.
+    broken = tmp_path / "broken"
+    shutil.copytree(phantom_root, broken)
+    description = json.loads((broken / "PHANTOM_dataset.json").read_text())
+    fixed_image = broken / description["registration_val"][0]["fixed"]
+    fixed_image.unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        _train("global", broken, tmp_path / "run", tiny_flags, "--steps", "2")
+    assert exit_info.value.code == 2
+    assert fixed_image.name in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -55,7 +55,9 @@ def build_parser(model_type: str) -> argparse.ArgumentParser:
                            help="start from a trained global elastic model (its widths replace the width flags): "
                                 "class-constant parameters then reproduce it exactly")
     val = parser.add_argument_group("validation")
-    val.add_argument("--val-split", default="val", help="split for validation ('none' to skip)")
+    val.add_argument("--val-split", default=None,
+                     help="split for validation, 'none' to skip (default: 'val', skipped with a notice when the "
+                          "dataset has no validation pairs; a split given explicitly must exist)")
     val.add_argument("--val-every", type=int, default=500, help="steps between validations (and at the end)")
     val.add_argument("--val-pairs", type=int, default=None, help="use at most this many validation pairs")
     val.add_argument("--val-lam", type=float, default=0.1, help="fixed lambda for validation (every class)")

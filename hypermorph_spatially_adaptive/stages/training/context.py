@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from ...core.hyperparams import nb_hyp_params
+from ...data.pair_dataset import EmptySplitError
 from ...models.networks import HyperVxmDense, spatial_from_global
 from ...models.trained import load_trained_model
 from ...runtime import DistributedContext, init_distributed, resolve_device, seed_everything
@@ -68,14 +69,7 @@ def prepare(args: argparse.Namespace) -> StageContext:
     if args.batch_size * distributed.world_size > len(train_set):
         raise ValueError(f"--batch-size {args.batch_size} x {distributed.world_size} process(es) is larger than the "
                          f"{args.split!r} split ({len(train_set)} pairs)")
-    val_set = None
-    if args.val_split != "none":
-        try:
-            val_set = open_dataset(args, args.val_split)
-        except ValueError as error:
-            if "no pairs" not in str(error).lower() and "split" not in str(error).lower():
-                raise
-            tqdm.write(f"validation disabled: {error}")
+    val_set = _open_validation(args)
     first = train_set[0]
     inshape = tuple(first["fixed"].shape[1:])
     if args.image_size is not None and tuple(args.image_size) != inshape:
@@ -98,6 +92,28 @@ def prepare(args: argparse.Namespace) -> StageContext:
                               hyper_units=args.hyper_units, regularizer=args.regularizer, class_names=class_names)
     return StageContext(args, Path(args.out), device, distributed, train_set, val_set, class_names, num_classes, spacing,
                 model.to(device))
+
+
+def _open_validation(args: argparse.Namespace) -> Any:
+    """The validation split, or None. Without ``--val-split`` it is ``val`` when the dataset has validation pairs and
+    skipped with a notice when that split is empty; a split asked for (flag or config file) must exist, and any
+    other problem with the data is an error. ``args.val_split`` is set to the split used or ``none``."""
+    requested = args.val_split
+    if requested == "none":
+        return None
+    split = requested or "val"
+    try:
+        val_set = open_dataset(args, split)
+    except EmptySplitError as error:
+        if requested is not None:
+            raise ValueError(f"--val-split {split}: {error} (pass --val-split none to train without validation)") \
+                from None
+        tqdm.write(f"notice: validation disabled (no --val-split given and the dataset has no validation pairs): "
+                   f"{error}")
+        args.val_split = "none"
+        return None
+    args.val_split = split
+    return val_set
 
 
 def _warm_start(args: argparse.Namespace, class_names: Sequence[str]) -> HyperVxmDense:
