@@ -3,6 +3,8 @@
 
     python train_hypermorph_global.py --dataset phantom --data-root data/phantom --out runs/demo/global --steps 2000
     torchrun --nproc_per_node=4 train_hypermorph_global.py ...   # DistributedDataParallel, one shard per rank
+
+A thin front of hypermorph_spatially_adaptive.stages.training (installed as hypermorph-train-global).
 """
 import sys
 

@@ -23,7 +23,8 @@ import torch
 from ..files import atomic_write
 from .grids import Grid, map_points, resample_volume, voxel_spacing
 from .pair_dataset import make_item
-from .volume_io import check_same_grid, load_image, load_labels, read_keypoints, robust_minmax, same_affine, window_ct
+from .volume_io import (check_same_grid, load_image, load_labels, read_keypoints, robust_minmax, same_affine,
+                        window_ct)
 
 __all__ = ["INTENSITY_MODES", "read_pair", "read_displacement", "write_volume", "write_displacement", "file_stem"]
 

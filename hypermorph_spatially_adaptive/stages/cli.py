@@ -1,7 +1,11 @@
 """Command-line plumbing shared by the stage scripts: common flags, config files, resolved-config output.
 
 Every stage takes ``--dataset --data-root --split --out --device --seed --config``. A config file (JSON or YAML)
-supplies defaults by flag name (``data_root`` or ``data-root``); flags given on the command line override it.
+supplies defaults by flag name (``data_root`` or ``data-root``, or an alias such as ``model``); flags given on the
+command line override it. The same concept has the same flag in every stage: a model is ``--global-model`` or
+``--spatial-model`` (a checkpoint file or a training run folder, default ``runs/default/<kind>/checkpoints/last.pt``;
+``--model`` is the stage's main model), a (lam, mu) pair is ``--<what>-params LAM MU`` (:func:`lam_mu`), pairs are
+limited by ``--max-pairs``, figures by ``--figures`` and ``--resume`` continues the run in ``--out``.
 """
 from __future__ import annotations
 
@@ -12,12 +16,16 @@ from typing import Any, Callable, Sequence
 
 from ..data import registry
 from ..data.pair_dataset import EmptySplitError
-
 from ..files import atomic_write_json, software_versions
 
 __all__ = [
+    "HelpFormatter",
+    "MODEL_KINDS",
     "add_data_args",
     "add_run_args",
+    "add_model_arg",
+    "default_checkpoint",
+    "lam_mu",
     "parse_args_with_config",
     "dataset_options",
     "open_dataset",
@@ -44,7 +52,8 @@ def add_data_args(parser: argparse.ArgumentParser, split: str = "train") -> None
     group.add_argument("--target-spacing", type=float, nargs="+", default=None,
                        help="resample every image to this spacing (mm, one value per axis)")
     group.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
-                       help="extra keyword option of the dataset class (VALUE parsed as JSON when possible); repeatable")
+                       help="extra keyword option of the dataset class (VALUE parsed as JSON when possible); "
+                            "repeatable")
 
 
 def add_run_args(parser: argparse.ArgumentParser, out: str) -> None:
@@ -54,6 +63,35 @@ def add_run_args(parser: argparse.ArgumentParser, out: str) -> None:
     group.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     group.add_argument("--seed", type=int, default=0, help="random seed")
     group.add_argument("--config", default=None, help="JSON or YAML file of option defaults (flags override it)")
+
+
+#: The two kinds of trained model a stage can take.
+MODEL_KINDS = ("global", "spatial")
+
+
+def default_checkpoint(kind: str) -> str:
+    """Where a model flag looks by default: the last checkpoint of the ``runs/default/<kind>`` training run."""
+    return f"runs/default/{kind}/checkpoints/last.pt"
+
+
+def add_model_arg(group: argparse._ArgumentGroup, kind: str, what: str, alias: bool = False) -> None:
+    """``--global-model`` or ``--spatial-model`` (dest ``global_model``/``spatial_model``): a checkpoint file or a
+    training run folder (read as its ``checkpoints/last.pt``). ``alias`` adds ``--model`` for the stage's main
+    model. ``what`` says what the stage uses it for."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
+    flags = [f"--{kind}-model"] + (["--model"] if alias else [])
+    group.add_argument(*flags, dest=f"{kind}_model", default=default_checkpoint(kind), metavar="CHECKPOINT",
+                       help=f"{kind} model checkpoint, or a training run folder (its checkpoints/last.pt), {what}"
+                            + ("; --model is an alias" if alias else ""))
+
+
+def lam_mu(values: Sequence[float], flag: str) -> tuple[float, float]:
+    """A ``LAM MU`` pair of a ``--*-params`` flag: ``lam, mu >= 0`` with ``lam + mu <= 1``, else ValueError."""
+    lam, mu = (float(v) for v in values)
+    if not (lam >= 0 and mu >= 0 and lam + mu <= 1):
+        raise ValueError(f"{flag} {lam:g} {mu:g}: need lam, mu >= 0 with lam + mu <= 1")
+    return lam, mu
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -82,15 +120,18 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] 
     args = parser.parse_args(argv)
     if not args.config:
         return args
-    known = {action.dest for action in parser._actions}
+    # Every name a flag answers to: its dest and each of its option strings (``--model`` -> ``global_model``).
+    known = {action.dest: action.dest for action in parser._actions}
+    known.update({flag.lstrip("-").replace("-", "_"): action.dest for action in parser._actions
+                  for flag in action.option_strings if flag.startswith("--")})
     defaults = {}
     for key, value in load_config_file(args.config).items():
-        dest = key.replace("-", "_")
-        if dest == "config":
+        name = key.replace("-", "_")
+        if name == "config":
             continue
-        if dest not in known:
+        if name not in known:
             raise ValueError(f"--config {args.config}: unknown option {key!r}")
-        defaults[dest] = value
+        defaults[known[name]] = value
     parser.set_defaults(**defaults)
     return parser.parse_args(argv)
 

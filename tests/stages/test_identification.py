@@ -44,13 +44,13 @@ def models(trained_global, trained_spatial, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base(phantom_root, models):
-    return ["--dataset", "phantom", "--data-root", str(phantom_root), "--split", "train", "--model",
+    return ["--dataset", "phantom", "--data-root", str(phantom_root), "--split", "train", "--global-model",
             str(models["global"]), "--grid-step", "0.25", "--grid-batch", "16", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def refine_flags(models):
-    return ["--refine", "--spatial-model", str(models["spatial"]), "--refine-sweeps", "1", "--subject-figures", "1"]
+    return ["--refine", "--spatial-model", str(models["spatial"]), "--refine-sweeps", "1", "--figures", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -222,13 +222,14 @@ def test_help_lists_the_flags(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--model", "--grid-step", "--lam-values", "--criterion", "--background", "--selection-labels",
+    for flag in ("--global-model", "--model", "--grid-step", "--lam-values", "--criterion", "--background",
+                 "--background-params", "--figures", "--selection-labels",
                  "--grid-batch", "--max-pairs", "--shard", "--merge", "--refine", "--spatial-model", "--resume",
                  "--dataset", "--data-root", "--split", "--out", "--device", "--seed", "--config"):
         assert flag in text
 
 
-def test_csvs_follow_the_contract_schema(single_run):
+def test_csvs_follow_the_documented_schema(single_run):
     scores = _rows(single_run / "grid_scores.csv")
     assert tuple(scores[0]) == GRID_COLUMNS
     assert len(scores) == 4 * 15 * 5  # pairs x grid points x classes
@@ -334,7 +335,7 @@ def test_selection_labels_choose_while_the_dataset_labels_score(single_run, base
         labels[labels == 4] = 1
         nib.save(nib.Nifti1Image(labels, image.affine, image.header), str(folder / path.name))
     out = tmp_path / "selected"
-    assert main([*base, "--max-pairs", "1", "--subject-figures", "0", "--selection-labels", str(folder),
+    assert main([*base, "--max-pairs", "1", "--figures", "0", "--selection-labels", str(folder),
                  "--out", str(out)]) == 0
     selected, reference = read_grid_scores(out / "grid_scores.csv"), read_grid_scores(single_run / "grid_scores.csv")
     assert list(selected.metrics) == ["dice", "tre_mm", "dice_eval", "tre_mm_eval"]
@@ -384,7 +385,8 @@ def broken_data(phantom_root, tmp_path_factory):
 
 
 @pytest.mark.parametrize("case,flag", [
-    ("spatial_as_model", "--model"), ("global_as_spatial_model", "--spatial-model"), ("other_classes", "--model"),
+    ("spatial_as_model", "--global-model"), ("global_as_spatial_model", "--spatial-model"),
+    ("other_classes", "--global-model"),
     ("empty_split", "--data-root"), ("tre_without_keypoints", "--criterion tre"), ("shard_out_of_range", "--shard"),
     ("shard_unparsable", "--shard"), ("grid_step", "--grid-step"), ("selection_labels", "--selection-labels"),
 ])
@@ -392,14 +394,14 @@ def test_bad_input_exits_2_naming_the_option_and_writes_nothing(case, flag, base
                                                                 capsys):
     argv = list(base)
     if case == "spatial_as_model":
-        argv[argv.index("--model") + 1] = str(models["spatial"])
+        argv[argv.index("--global-model") + 1] = str(models["spatial"])
     elif case == "global_as_spatial_model":
         argv += ["--refine", "--spatial-model", str(models["global"])]
     elif case == "other_classes":
         state = torch.load(models["global"], weights_only=False)
         state["model_config"]["class_names"] = state["config"]["class_names"] = ["background", "lung"]
         torch.save(state, tmp_path / "other.pt")
-        argv[argv.index("--model") + 1] = str(tmp_path / "other.pt")
+        argv[argv.index("--global-model") + 1] = str(tmp_path / "other.pt")
     elif case == "empty_split":
         argv[argv.index("--data-root") + 1:argv.index("--split") + 2] = [str(broken_data["empty"]), "--split", "val"]
     elif case == "tre_without_keypoints":

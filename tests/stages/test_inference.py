@@ -34,7 +34,7 @@ def _parameters(path, scopes=SCOPES, classes=CLASSES):
 
 
 def _argv(trained_global, trained_spatial, parameters, out, *extra):
-    return ["--model", str(trained_spatial / "checkpoints" / "last.pt"),
+    return ["--spatial-model", str(trained_spatial / "checkpoints" / "last.pt"),
             "--global-model", str(trained_global / "checkpoints" / "last.pt"),
             "--parameters", str(parameters), "--out", str(out), "--device", "cpu", *extra]
 
@@ -64,7 +64,7 @@ def test_help_lists_methods_and_explicit_file_flags(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--methods", "--global-model", "--parameters", "--fixed", "--no-resample", "--literature-values",
+    for flag in ("--methods", "--global-model", "--parameters", "--fixed", "--no-resample", "--literature-params",
                  "--resume", "--figures", "--no-hd95"):
         assert flag in text
 
@@ -85,13 +85,13 @@ def test_outputs_have_the_fixed_grid_shape_and_affine(dataset_run, phantom_root)
             assert labels.max() < len(CLASSES) and set(np.unique(labels)) > {0}
 
 
-def test_metrics_csv_has_the_contract_columns_and_one_row_per_pair_and_method(dataset_run):
+def test_metrics_csv_has_the_documented_columns_and_one_row_per_pair_and_method(dataset_run):
     out, _ = dataset_run
     with open(out / "metrics.csv", newline="") as handle:
         header = next(csv.reader(handle))
-    contract = ["pair_id", "method", "dice_mean", *[f"dice_{c}" for c in CLASSES], "hd95_mm", "tre_mm", "sdlogj",
+    documented = ["pair_id", "method", "dice_mean", *[f"dice_{c}" for c in CLASSES], "hd95_mm", "tre_mm", "sdlogj",
                 "folding_percent", "runtime_s"]
-    assert header == contract + ["epe_mm", "parameters_source"] == report.metric_columns(CLASSES)
+    assert header == documented + ["epe_mm", "parameters_source"] == report.metric_columns(CLASSES)
     rows = _read_csv(out / "metrics.csv")
     assert [(r["pair_id"], r["method"]) for r in rows] == [(p, m) for p in ("0001", "0002") for m in METHODS]
     for row in rows:
@@ -246,8 +246,8 @@ def _bad_case(case, tmp_path, phantom_root, renamed_dataset, explicit_files, tra
     if case == "parameter classes":
         other = _parameters(tmp_path / "other.csv", classes=("background", "soft_tissue", "lung", "bone", "kidney"))
         return "--parameters", [*data, "--parameters", str(other)]
-    if case == "global checkpoint as --model":
-        return "--model", [*data, "--model", global_]
+    if case == "global checkpoint as --spatial-model":
+        return "--spatial-model", [*data, "--spatial-model", global_]
     if case == "spatial checkpoint as --global-model":
         return "--global-model", [*data, "--global-model", spatial]
     if case == "no global scope":
@@ -260,11 +260,11 @@ def _bad_case(case, tmp_path, phantom_root, renamed_dataset, explicit_files, tra
     if case == "unknown method":
         return "--methods", [*data, "--methods", "global", "tissue_magic"]
     if case == "literature without values":
-        return "--literature-values", [*data, "--methods", "literature"]
+        return "--literature-params", [*data, "--methods", "literature"]
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["no-resample", "parameter classes", "global checkpoint as --model",
+@pytest.mark.parametrize("case", ["no-resample", "parameter classes", "global checkpoint as --spatial-model",
                                   "spatial checkpoint as --global-model", "no global scope", "dataset classes",
                                   "empty split", "unknown method", "literature without values"])
 def test_bad_input_exits_2_naming_the_flag_and_writes_nothing(case, tmp_path, phantom_root, renamed_dataset,
@@ -297,7 +297,8 @@ def test_paired_comparison_counts_improvements_over_pairs_both_methods_have():
     assert (tre.n_pairs, tre.improved, tre.mean_difference) == (2, 1, 0.0)  # lower is better; NaN pair dropped
     from scipy import stats
     assert dice.p_value == pytest.approx(stats.wilcoxon([0.1, 0.0, 0.1]).pvalue)
-    single = report.paired_comparison(_rows({"global": {"a": (0.5, 1.0)}, "x": {"a": (0.7, 1.0)}}), "x", "tre_mm", "global")
+    single = statistics.paired_comparison(_rows({"global": {"a": (0.5, 1.0)}, "x": {"a": (0.7, 1.0)}}), "x", "tre_mm",
+                                          "global")
     assert single.n_pairs == 1 and math.isnan(single.p_value)
 
 

@@ -25,7 +25,7 @@ def _train(model_type, root, out, flags, *extra):
 
 
 @pytest.mark.parametrize("model_type", ["global", "spatial"])
-def test_help_lists_the_contract_flags(model_type, capsys):
+def test_help_lists_the_documented_flags(model_type, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(model_type, ["--help"])
     assert exit_info.value.code == 0
@@ -37,7 +37,7 @@ def test_help_lists_the_contract_flags(model_type, capsys):
 
 @pytest.mark.parametrize("model_type,regularizer", [("global", "elastic"), ("global", "diffusion"),
                                                     ("spatial", "elastic"), ("spatial", "diffusion")])
-def test_tiny_run_writes_the_contract_outputs(model_type, regularizer, phantom_root, tmp_path, tiny_flags):
+def test_tiny_run_writes_the_documented_outputs(model_type, regularizer, phantom_root, tmp_path, tiny_flags):
     out = tmp_path / model_type
     assert _train(model_type, phantom_root, out, tiny_flags, "--steps", "3", "--batch-size", "2",
                   "--regularizer", regularizer, "--val-every", "2", "--log-every", "1") == 0
@@ -75,7 +75,8 @@ def test_resume_gives_the_same_weights_as_a_straight_run(phantom_root, tmp_path,
     for key, value in a["model_state"].items():
         torch.testing.assert_close(b["model_state"][key], value, rtol=1e-5, atol=1e-6)
     with (split / "train_log.csv").open() as handle:
-        assert [int(r["step"]) for r in csv.DictReader(handle)] == [3, 6]  # each run logs its last step; the resumed run appends
+        # each run logs its last step; the resumed run appends
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [3, 6]
 
 
 def test_resume_refuses_a_v1_checkpoint_whose_optimizer_has_the_old_head_layout(phantom_root, tmp_path, tiny_flags,

@@ -99,7 +99,7 @@ def run_demo(args: argparse.Namespace) -> Path:
                 "--lr-schedule", "cosine", "--workers", str(args.workers)]
     stages = {"global": [*training, "--steps", str(settings["steps"])],
               "spatial": [*training, "--steps", str(settings["spatial_steps"]), "--class-sampling", "mixed",
-                          "--init-from", str(out / "global" / "checkpoints" / "last.pt")]}
+                          "--init-from", str(out / "global")]}  # a run folder: its checkpoints/last.pt
     for model_type, argv in stages.items():
         run, steps = out / model_type, int(argv[argv.index("--steps") + 1])
         _stage(f"training the {model_type} model ({steps} steps)")
@@ -107,19 +107,19 @@ def run_demo(args: argparse.Namespace) -> Path:
         resume = ["--resume"] if (run / "checkpoints" / "last.pt").is_file() else []
         _check(train_main(model_type, [*argv, *every, "--out", str(run), *resume]), f"{model_type} training")
     identification = out / "identification"
+    # Every stage reads the last checkpoint of a run (the default of the model flags).
     global_checkpoint = str(out / "global" / "checkpoints" / "last.pt")
-    identify = [*common, "--model", global_checkpoint, "--grid-step", str(settings["grid_step"])]
+    spatial_checkpoint = str(out / "spatial" / "checkpoints" / "last.pt")
+    identify = [*common, "--global-model", global_checkpoint, "--grid-step", str(settings["grid_step"])]
     _stage("parameter identification: population on the validation pairs")
     if not (identification / "parameters.csv").is_file():
-        _check(identify_main([*identify, "--split", "val", "--out", str(identification)]),
-               "identification")
+        _check(identify_main([*identify, "--split", "val", "--out", str(identification)]), "identification")
     # Subject-specific parameters of a test pair are chosen on that pair with its own labels (optimistic for
     # Dice, as in the paper); the population parameters never see the test pairs.
     subjects = out / "identification_test_subjects"
     _stage("parameter identification: each test pair on its own (subject-specific)")
     if not (subjects / "parameters.csv").is_file():
-        _check(identify_main([*identify, "--split", "test", "--out", str(subjects)]),
-               "identification")
+        _check(identify_main([*identify, "--split", "test", "--out", str(subjects)]), "identification")
     parameters = out / "parameters_for_inference.csv"
     population = read_parameters(identification / "parameters.csv")
     write_parameters(parameters, with_subject_rows(population, read_parameters(subjects / "parameters.csv")))
@@ -128,15 +128,15 @@ def run_demo(args: argparse.Namespace) -> Path:
     # second network's (verdict.CONTROL).
     lam, mu = population.values(GLOBAL)
     control = ["--methods", *verdict.METHODS, verdict.CONTROL,
-               "--literature-values", f"{float(lam[0]):.6g}", f"{float(mu[0]):.6g}"]
+               "--literature-params", f"{float(lam[0]):.6g}", f"{float(mu[0]):.6g}"]
     _stage("inference on the test pairs")
     if not (results / "summary.csv").is_file():
-        _check(infer_main([*common, "--split", "test", "--model", str(out / "spatial" / "checkpoints" / "last.pt"),
-                               "--global-model", global_checkpoint, "--parameters", str(parameters), *control,
-                               "--out", str(results), "--resume"]), "inference")
+        _check(infer_main([*common, "--split", "test", "--spatial-model", spatial_checkpoint,
+                           "--global-model", global_checkpoint, "--parameters", str(parameters), *control,
+                           "--out", str(results), "--resume"]), "inference")
     _stage("result")
     summary = verdict.write_summary(results / "metrics.csv", identification / "parameters.csv",
-                                       out / "demo_summary.md")
+                                    out / "demo_summary.md")
     print(summary.read_text())
     return summary
 

@@ -23,7 +23,7 @@ BACKGROUND_POLICIES = ("global", "population", "fixed")
 BACKGROUND_NOTES = {"global": "gets the global scope's point: background Dice is large whatever the parameters, so "
                               "choosing by it picks noise",
                     "population": "is chosen by its own score like any class",
-                    "fixed": "gets --background-value"}
+                    "fixed": "gets --background-params"}
 
 
 def objective(dice: torch.Tensor, tre_mm: torch.Tensor, criterion: str) -> torch.Tensor:
@@ -63,7 +63,7 @@ def best_index(values: torch.Tensor, allowed: torch.Tensor, higher_is_better: bo
 
 
 def _scope_rows(scope: str, scores: GridScores, pairs: Sequence[int], criterion: str, background: str,
-                global_index: int, background_value: tuple[float, float]) -> list[ParameterRow]:
+                global_index: int, background_params: tuple[float, float]) -> list[ParameterRow]:
     """Per-class choices over ``pairs``; the background class follows the ``background`` policy."""
     allowed = allowed_points(scores.grid)
     rows = []
@@ -71,7 +71,7 @@ def _scope_rows(scope: str, scores: GridScores, pairs: Sequence[int], criterion:
         kind = class_criterion(scores, pairs, class_id, criterion)
         values = scope_class_scores(scores, pairs, class_id, kind)
         if class_id == 0 and background == "fixed":
-            lam, mu = background_value
+            lam, mu = background_params
             index = grid_index(scores.grid, lam, mu)
             score = math.nan if index is None else float(values[index])
             rows.append(ParameterRow(scope, class_id, class_name, float(lam), float(mu), kind, score))
@@ -86,7 +86,7 @@ def _scope_rows(scope: str, scores: GridScores, pairs: Sequence[int], criterion:
 
 
 def choose_parameters(scores: GridScores, criterion: str = "dice", background: str = "global",
-                      background_value: tuple[float, float] = (0.1, 0.1)) -> list[ParameterRow]:
+                      background_params: tuple[float, float] = (0.1, 0.1)) -> list[ParameterRow]:
     """``parameters.csv`` rows from grid scores alone (no model, no data).
 
     Scopes, in this order: ``global`` (the grid point best by :func:`objective` over all pairs, repeated for every
@@ -96,7 +96,7 @@ def choose_parameters(scores: GridScores, criterion: str = "dice", background: s
     ``score`` is the class's criterion value at the chosen point (mean over the scope's pairs).
 
     The background class (id 0) gets the global point (``background="global"``; its Dice is large whatever the
-    parameters, so choosing by it picks noise), its own best point (``"population"``) or ``background_value``
+    parameters, so choosing by it picks noise), its own best point (``"population"``) or ``background_params``
     (``"fixed"``; score NaN when that point is not on the grid).
     """
     if criterion not in CRITERIA or background not in BACKGROUND_POLICIES:
@@ -113,7 +113,7 @@ def choose_parameters(scores: GridScores, criterion: str = "dice", background: s
         kind = class_criterion(scores, everyone, class_id, criterion)
         score = float(scope_class_scores(scores, everyone, class_id, kind)[global_index])
         rows.append(ParameterRow(GLOBAL, class_id, class_name, lam, mu, kind, score))
-    rows += _scope_rows(POPULATION, scores, everyone, criterion, background, global_index, background_value)
+    rows += _scope_rows(POPULATION, scores, everyone, criterion, background, global_index, background_params)
     for p, pair_id in enumerate(scores.pair_ids):
-        rows += _scope_rows(pair_id, scores, [p], criterion, background, global_index, background_value)
+        rows += _scope_rows(pair_id, scores, [p], criterion, background, global_index, background_params)
     return rows

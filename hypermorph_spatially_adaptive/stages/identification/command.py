@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from ..cli import HelpFormatter, add_data_args, add_run_args, run_stage
+from ..cli import HelpFormatter, add_data_args, add_model_arg, add_run_args, run_stage
 from .choice import BACKGROUND_NOTES, BACKGROUND_POLICIES, CRITERIA
 from .stage import run
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(parser, split="val")
     add_run_args(parser, out="runs/default/identification")
     group = parser.add_argument_group("identification")
-    group.add_argument("--model", default=None, help="global model checkpoint (train_hypermorph_global.py)")
+    add_model_arg(group, "global", "scored over the grid (train_hypermorph_global.py)", alias=True)
     group.add_argument("--grid-step", type=float, default=0.1,
                        help="grid spacing of the simplex lam + mu <= 1 (0.1: 66 points); 1 / step must be whole")
     group.add_argument("--lam-values", nargs="+", default=None, metavar="V",
@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--background", choices=BACKGROUND_POLICIES, default="global",
                        help="parameters of the background class (id 0); " + "; ".join(
                            f"{policy}: it {note}" for policy, note in BACKGROUND_NOTES.items()))
-    group.add_argument("--background-value", type=float, nargs=2, default=[0.1, 0.1], metavar=("LAM", "MU"),
-                       help="background parameters for --background fixed")
+    group.add_argument("--background-params", type=float, nargs=2, default=[0.1, 0.1], metavar=("LAM", "MU"),
+                       help="the (lam, mu) of the background class for --background fixed")
     group.add_argument("--selection-labels", default=None, metavar="DIR",
                        help="folder of label maps named like the dataset's label files (e.g. automatic "
                             "segmentations) that choose the parameters; the dataset's labels still score them "
@@ -41,9 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--grid-batch", type=int, default=None,
                        help="grid points per forward pass (default 16 on CUDA, 4 on the CPU, where larger batches "
                             "are slower); lower it for large 3D volumes, each point needs several hundred MB at 96^3")
-    group.add_argument("--max-pairs", type=int, default=None, help="use the first N pairs (sorted by id)")
-    group.add_argument("--subject-figures", type=int, default=3, help="draw the subject scopes of the first N pairs")
-    group.add_argument("--resume", action="store_true", help="skip pairs finished by an interrupted run in --out")
+    group.add_argument("--max-pairs", type=int, default=None, metavar="N", help="use the first N pairs (sorted by id)")
+    group.add_argument("--figures", type=int, default=3, metavar="N",
+                       help="heatmaps of the global and population scopes and of the subject scopes of the first N "
+                            "pairs (0: no figures)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run in --out: skip the pairs an interrupted run finished")
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--shard", default=None, metavar="K/N",
                          help="score only sorted_pair_ids[K-1::N] (1-based K) and write grid_scores.csv")
@@ -53,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--refine", action="store_true",
                         help="coordinate search on the population vector with the spatial model; writes scope "
                              "population_refined")
-    refine.add_argument("--spatial-model", default=None, help="spatially adaptive model checkpoint for --refine")
+    add_model_arg(refine, "spatial", "that --refine tunes the vector with (train_hypermorph_spatial.py)")
     refine.add_argument("--refine-step", type=float, default=None, help="first search step (default: --grid-step)")
     refine.add_argument("--refine-sweeps", type=int, default=3, help="sweeps over the classes (a sweep without "
                                                                       "improvement halves the step)")

@@ -15,7 +15,7 @@ import torch
 
 from ...models.trained import ModelInfo, load_trained_model
 from ...runtime import resolve_device
-from ..cli import dataset_options, open_dataset
+from ..cli import dataset_options, lam_mu, open_dataset
 from .grid import parse_values, simplex_grid, value_grid
 from .grid_scores import GridScores, merge_grid_scores, parse_shard, read_grid_scores, shard_pair_ids
 from .scoring import default_grid_batch
@@ -23,8 +23,8 @@ from .scoring import default_grid_batch
 __all__ = ["StageContext", "prepare", "run_identity"]
 
 # Options that must agree between the shards of one --merge.
-_SHARD_KEYS = ("model", "selection_labels", "dataset", "data_root", "split", "ndim", "image_size", "target_spacing",
-               "dataset_option", "max_pairs", "grid_step", "lam_values", "mu_values")
+_SHARD_KEYS = ("global_model", "selection_labels", "dataset", "data_root", "split", "ndim", "image_size",
+               "target_spacing", "dataset_option", "max_pairs", "grid_step", "lam_values", "mu_values")
 
 
 @dataclass
@@ -46,7 +46,7 @@ class StageContext:
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    for flag, value, low in (("--grid-batch", args.grid_batch, 1), ("--subject-figures", args.subject_figures, 0),
+    for flag, value, low in (("--grid-batch", args.grid_batch, 1), ("--figures", args.figures, 0),
                              ("--refine-sweeps", args.refine_sweeps, 1)):
         if value is not None and value < low:
             raise ValueError(f"{flag} must be >= {low}, got {value}")
@@ -54,15 +54,11 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-pairs must be >= 1, got {args.max_pairs}")
     if args.refine_step is not None and not 0 < args.refine_step <= 1:
         raise ValueError(f"--refine-step must lie in (0, 1], got {args.refine_step}")
-    lam, mu = args.background_value
-    if lam < 0 or mu < 0 or lam + mu > 1:
-        raise ValueError(f"--background-value {lam} {mu}: need lam, mu >= 0 with lam + mu <= 1")
+    lam_mu(args.background_params, "--background-params")
     if args.merge and (args.shard or args.resume):
         raise ValueError("--merge combines finished shards; it takes neither --shard nor --resume")
     if args.shard and args.refine:
         raise ValueError("--refine tunes on all pairs: give it to the --merge step, not to a --shard run")
-    if args.refine and not args.spatial_model:
-        raise ValueError("--refine needs --spatial-model (a checkpoint of train_hypermorph_spatial.py)")
 
 
 def _grid(args: argparse.Namespace) -> torch.Tensor:
@@ -87,13 +83,12 @@ def _relabelled(dataset: Any, folder: Path) -> Any:
 
 
 def _load_global(args: argparse.Namespace, device: torch.device, class_names: Sequence[str]) -> torch.nn.Module:
-    if not args.model:
-        raise ValueError("--model is required (the global model checkpoint, e.g. runs/NAME/global/checkpoints/best.pt)")
-    model, info = load_trained_model(args.model, expect="global", map_location=device, argument="--model")
+    model, info = load_trained_model(args.global_model, expect="global", map_location=device,
+                                     argument="--global-model")
     if model.nb_hyp_params != 2 or info.regularizer != "elastic":
-        raise ValueError(f"--model {args.model}: a {info.regularizer} model with {model.nb_hyp_params} parameter(s); "
-                         f"identification needs the elastic global model (lam, mu)")
-    _check_classes("--model", info, class_names)
+        raise ValueError(f"--global-model {args.global_model}: a {info.regularizer} model with "
+                         f"{model.nb_hyp_params} parameter(s); identification needs the elastic global model (lam, mu)")
+    _check_classes("--global-model", info, class_names)
     return model
 
 
@@ -196,7 +191,7 @@ def prepare(args: argparse.Namespace) -> StageContext:
     if args.selection_labels:
         ctx.selection = _relabelled(ctx.dataset, Path(args.selection_labels))
     _check_first_item(args, ctx)
-    if args.spatial_model:
+    if args.refine:
         ctx.spatial = _load_spatial(args, device, ctx.class_names)
     if args.resume:
         _check_resume(args, ctx)
@@ -205,7 +200,7 @@ def prepare(args: argparse.Namespace) -> StageContext:
 
 def run_identity(args: argparse.Namespace, ctx: StageContext) -> dict[str, Any]:
     """What per-pair results depend on; a resumed run must match it."""
-    identity = {"model": str(Path(args.model).resolve()), "dataset": args.dataset,
+    identity = {"global_model": str(Path(args.global_model).resolve()), "dataset": args.dataset,
                 "data_root": str(Path(args.data_root).resolve()), "split": args.split,
                 "dataset_options": dataset_options(args), "class_names": list(ctx.class_names),
                 "selection_labels": str(Path(args.selection_labels).resolve()) if args.selection_labels else None,

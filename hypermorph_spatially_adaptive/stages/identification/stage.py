@@ -55,7 +55,8 @@ def _evaluate(args: argparse.Namespace, ctx: StageContext, out: Path) -> GridSco
     return merge_grid_scores(parts, ctx.pair_ids)
 
 
-def _refine(args: argparse.Namespace, ctx: StageContext, rows: list[ParameterRow]) -> tuple[Refinement, list[ParameterRow]]:
+def _refine(args: argparse.Namespace, ctx: StageContext,
+            rows: list[ParameterRow]) -> tuple[Refinement, list[ParameterRow]]:
     source = ctx.selection if ctx.selection is not None else ctx.dataset
     items = [source[ctx.index[pair_id]] for pair_id in ctx.pair_ids]
     start = sorted((r for r in rows if r.scope == POPULATION), key=lambda r: r.class_id)
@@ -74,11 +75,14 @@ def _refine(args: argparse.Namespace, ctx: StageContext, rows: list[ParameterRow
 
 
 def _figures(args: argparse.Namespace, scores: GridScores, rows: list[ParameterRow], out: Path) -> int:
+    """Heatmaps of the shared scopes and of the first ``--figures`` pairs' scopes (none with ``--figures 0``)."""
+    if args.figures == 0:
+        return 0
     everyone = list(range(len(scores.pair_ids)))
     count = 0
     for scope in (GLOBAL, POPULATION):
         count += len(write_scope_figures(out / "figures", scores, [r for r in rows if r.scope == scope], everyone))
-    for p, pair_id in enumerate(scores.pair_ids[:args.subject_figures]):
+    for p, pair_id in enumerate(scores.pair_ids[:args.figures]):
         count += len(write_scope_figures(out / "figures", scores, [r for r in rows if r.scope == pair_id], [p]))
     return count
 
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> Path:
         write_config(out, args, mode="shard", shard=list(ctx.shard), **facts)
         shutil.rmtree(out / ".partial")
         return out
-    rows = choose_parameters(scores, args.criterion, args.background, tuple(args.background_value))
+    rows = choose_parameters(scores, args.criterion, args.background, tuple(args.background_params))
     refinement = None
     if args.refine:
         refinement, refined = _refine(args, ctx, rows)

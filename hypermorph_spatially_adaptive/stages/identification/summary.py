@@ -42,7 +42,7 @@ def run_summary(args: argparse.Namespace, ctx: StageContext, scores: GridScores,
         "the dataset's labels"
     source = f"merged from shards {', '.join(f'`{d}`' for d in args.merge)}" if args.merge else "one run"
     notes = [
-        f"Global model: `{options['model']}`; scores {source}",
+        f"Global model: `{options['global_model']}`; scores {source}",
         f"Data: {options['dataset']} `{options['data_root']}`, split `{options['split']}`: "
         f"{len(scores.pair_ids)} pairs",
         f"Grid: {scores.grid.shape[0]} (lam, mu) points with lam + mu <= 1; (0, 0) is evaluated but never chosen",

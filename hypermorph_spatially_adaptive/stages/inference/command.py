@@ -7,7 +7,7 @@ import argparse
 from typing import Sequence
 
 from ...data import nifti_io
-from ..cli import HelpFormatter, add_data_args, add_run_args, run_stage
+from ..cli import HelpFormatter, add_data_args, add_model_arg, add_run_args, run_stage
 from .pairs import DEFAULT_METHODS, METHODS
 from .stage import run
 
@@ -24,18 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(parser, split="test")
     add_run_args(parser, out="runs/default/inference")
     group = parser.add_argument_group("models and parameters")
-    group.add_argument("--model", default="runs/default/spatial/checkpoints/best.pt",
-                       help="spatially adaptive checkpoint (methods tissue_population, tissue_subject, literature)")
-    group.add_argument("--global-model", default="runs/default/global/checkpoints/best.pt",
-                       help="global checkpoint (method global)")
+    add_model_arg(group, "spatial", "for the methods tissue_population, tissue_subject and literature", alias=True)
+    add_model_arg(group, "global", "for the method global")
     group.add_argument("--parameters", default="runs/default/identification/parameters.csv",
                        help="parameters.csv written by parameter_identification.py")
     group.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
                        help=f"methods to compare, of {', '.join(METHODS)}")
     group.add_argument("--refined", action="store_true",
                        help="use the population_refined scope instead of population when the file has it")
-    group.add_argument("--literature-values", type=float, nargs="+", default=None, metavar="VALUE",
-                       help="method literature: 'LAM MU' for every class, or lam_0..lam_{C-1} mu_0..mu_{C-1}")
+    group.add_argument("--literature-params", type=float, nargs="+", default=None, metavar=("LAM", "MU"),
+                       help="method literature: the (lam, mu) of every class; or 2C values, lam_0..lam_{C-1} "
+                            "mu_0..mu_{C-1}")
     files = parser.add_argument_group("explicit files (instead of a dataset split)")
     files.add_argument("--fixed", default=None, help="fixed image (NIfTI); the outputs live on its grid")
     files.add_argument("--moving", default=None, help="moving image (NIfTI)")
@@ -55,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="compute HD95 (slow for large 3D label maps)")
     evaluation.add_argument("--no-save-outputs", action="store_true",
                             help="write metrics, summary and figures only (no NIfTI volumes)")
-    evaluation.add_argument("--figures", type=int, default=4, metavar="N", help="figures for the first N pairs")
-    evaluation.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs")
+    evaluation.add_argument("--figures", type=int, default=4, metavar="N",
+                            help="panel figures of the first N pairs and the Dice chart (0: no figures)")
+    evaluation.add_argument("--max-pairs", type=int, default=None, metavar="N", help="use the first N pairs")
     evaluation.add_argument("--resume", action="store_true",
                             help="skip pairs whose rows (OUT/.partial/) and outputs already exist")
     return parser

@@ -63,20 +63,21 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def _literature(values: Sequence[float] | None, class_names: Sequence[str]) -> torch.Tensor:
     if values is None:
-        raise ValueError("--methods literature needs --literature-values (LAM MU, or 2C values)")
+        raise ValueError("--methods literature needs --literature-params (LAM MU, or 2C values)")
     C = len(class_names)
     if len(values) == 2:
         values = [values[0]] * C + [values[1]] * C
     if len(values) != 2 * C:
-        raise ValueError(f"--literature-values: give 2 values (lam mu for every class) or {2 * C} (lambdas then "
+        raise ValueError(f"--literature-params: give 2 values (lam mu for every class) or {2 * C} (lambdas then "
                          f"mus of {list(class_names)}), got {len(values)}")
-    return validate_hyperparams(torch.tensor([values], dtype=torch.float32), C, "--literature-values")
+    return validate_hyperparams(torch.tensor([values], dtype=torch.float32), C, "--literature-params")
 
 
 def _load_models(args: argparse.Namespace, methods: list[str], device: torch.device) -> dict:
     models = {}
     if any(m in SPATIAL_METHODS for m in methods):
-        models["spatial"] = load_trained_model(args.model, expect="spatial", map_location=device, argument="--model")
+        models["spatial"] = load_trained_model(args.spatial_model, expect="spatial", map_location=device,
+                                               argument="--spatial-model")
     if "global" in methods:
         models["global"] = load_trained_model(args.global_model, expect="global", map_location=device,
                                               argument="--global-model")
@@ -133,14 +134,14 @@ def prepare(args: argparse.Namespace) -> StageContext:
     data_ndim = dataset.ndim if dataset is not None else explicit_item["fixed"].dim() - 1
     for kind, (model, info) in models.items():
         if model.ndim != data_ndim:
-            flag = "--model" if kind == "spatial" else "--global-model"
+            flag = f"--{kind}-model"
             where = f"--dataset {args.dataset}" if dataset is not None else f"--fixed {args.fixed}"
             raise ValueError(f"{flag} {info.path}: a {model.ndim}D model cannot register the {data_ndim}D images of "
                              f"{where}")
     reference = _reference_classes(models, dataset)
     if dataset is not None and reference is not None and tuple(dataset.class_names) != tuple(reference):
         raise ValueError(f"--dataset {args.dataset}: classes {list(dataset.class_names)} do not match the classes "
-                         f"of --model {args.model}: {list(reference)}")
+                         f"of --spatial-model {args.spatial_model}: {list(reference)}")
     try:
         table = read_parameters(args.parameters, class_names=reference)
     except ValueError as error:
@@ -155,7 +156,7 @@ def prepare(args: argparse.Namespace) -> StageContext:
         pair_ids = [explicit_item["pair_id"]]
         stems = [f"{nifti_io.file_stem(args.fixed)}_{nifti_io.file_stem(args.moving)}"]
     _check_scopes(table, methods, population_scope, pair_ids, args.parameters)
-    literature = _literature(args.literature_values, class_names) if LITERATURE in methods else None
+    literature = _literature(args.literature_params, class_names) if LITERATURE in methods else None
     out = Path(args.out)
     if not args.resume and ((out / "metrics.csv").exists() or (out / ".partial").exists()):
         raise ValueError(f"--out {out} already holds inference results; pass --resume to continue them or choose "

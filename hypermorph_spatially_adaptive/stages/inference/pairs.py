@@ -56,7 +56,7 @@ def method_parameters(method: str, pair_id: str, table: ParameterTable, populati
         return table.hyper(scope), scope
     if method == LITERATURE:
         if literature is None:
-            raise ValueError("--methods literature needs --literature-values")
+            raise ValueError("--methods literature needs --literature-params")
         return literature.reshape(1, -1).float(), LITERATURE
     raise ValueError(f"--methods: unknown method {method!r}; choose from {', '.join(METHODS)}")
 

@@ -31,15 +31,16 @@ def build_parser(model_type: str) -> argparse.ArgumentParser:
     group.add_argument("--batch-size", type=int, default=1)
     group.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
     group.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
-                       help="constant, or cosine decay from --lr to 0 over --steps (a steadier final model; keep --steps when resuming)")
+                       help="constant, or cosine decay from --lr to 0 over --steps (a steadier final model; keep "
+                            "--steps when resuming)")
     group.add_argument("--ncc-window", type=int, default=9, help="local NCC window (voxels per axis)")
     group.add_argument("--int-steps", type=int, default=7, help="scaling-and-squaring steps (0: no integration)")
     group.add_argument("--enc-features", type=int, nargs="+", default=[16, 32, 32, 32])
     group.add_argument("--dec-features", type=int, nargs="+", default=[32, 32, 32, 32, 32, 16, 16])
     group.add_argument("--hyper-layers", type=int, default=6, help="hypernetwork MLP depth")
     group.add_argument("--hyper-units", type=int, default=128, help="hypernetwork MLP width")
-    group.add_argument("--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
-                       help="continue from OUT/checkpoints/last.pt (or the given checkpoint)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its checkpoints/last.pt (weights, optimizer, step, RNG)")
     group.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     group.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     group.add_argument("--checkpoint-every", type=int, default=500, help="steps between last.pt writes")
@@ -52,16 +53,18 @@ def build_parser(model_type: str) -> argparse.ArgumentParser:
                                 "blend of one shared draw and the independent ones, so nearly class-constant "
                                 "vectors are trained too")
         group.add_argument("--init-from", default=None, metavar="CHECKPOINT",
-                           help="start from a trained global elastic model (its widths replace the width flags): "
-                                "class-constant parameters then reproduce it exactly")
+                           help="start from a trained global elastic model, a checkpoint or a training run folder "
+                                "(its widths replace the width flags): class-constant parameters then reproduce it "
+                                "exactly")
     val = parser.add_argument_group("validation")
     val.add_argument("--val-split", default=None,
                      help="split for validation, 'none' to skip (default: 'val', skipped with a notice when the "
                           "dataset has no validation pairs; a split given explicitly must exist)")
     val.add_argument("--val-every", type=int, default=500, help="steps between validations (and at the end)")
-    val.add_argument("--val-pairs", type=int, default=None, help="use at most this many validation pairs")
-    val.add_argument("--val-lam", type=float, default=0.1, help="fixed lambda for validation (every class)")
-    val.add_argument("--val-mu", type=float, default=0.1, help="fixed mu for validation (every class)")
+    val.add_argument("--val-max-pairs", type=int, default=None, metavar="N",
+                     help="use at most this many validation pairs")
+    val.add_argument("--val-params", type=float, nargs=2, default=[0.1, 0.1], metavar=("LAM", "MU"),
+                     help="the (lam, mu) of every class at which the elastic model is validated")
     val.add_argument("--val-weight", type=float, default=0.2, help="fixed diffusion weight h for validation")
     parser.set_defaults(model_type=model_type)
     return parser

@@ -14,7 +14,7 @@ from ...data.pair_dataset import EmptySplitError
 from ...models.networks import HyperVxmDense, spatial_from_global
 from ...models.trained import load_trained_model
 from ...runtime import DistributedContext, init_distributed, resolve_device, seed_everything
-from ..cli import open_dataset
+from ..cli import lam_mu, open_dataset
 
 __all__ = ["StageContext", "prepare", "run_info", "common_spacing"]
 
@@ -46,8 +46,11 @@ def _check_options(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} must be positive, got {value}")
     if args.workers < 0 or args.int_steps < 0:
         raise ValueError("--workers and --int-steps must be >= 0")
-    if not (0 <= args.val_lam and 0 <= args.val_mu and args.val_lam + args.val_mu <= 1 and 0 <= args.val_weight <= 1):
-        raise ValueError("--val-lam, --val-mu must be >= 0 with a sum <= 1, and --val-weight in [0, 1]")
+    if args.val_max_pairs is not None and args.val_max_pairs < 1:
+        raise ValueError(f"--val-max-pairs must be >= 1, got {args.val_max_pairs}")
+    lam_mu(args.val_params, "--val-params")
+    if not 0 <= args.val_weight <= 1:
+        raise ValueError(f"--val-weight must lie in [0, 1], got {args.val_weight}")
 
 
 def common_spacing(item_spacings: Sequence[torch.Tensor], what: str) -> tuple[float, ...]:
@@ -90,8 +93,8 @@ def prepare(args: argparse.Namespace) -> StageContext:
                               enc_features=tuple(args.enc_features), dec_features=tuple(args.dec_features),
                               int_steps=args.int_steps, hyper_layers=args.hyper_layers,
                               hyper_units=args.hyper_units, regularizer=args.regularizer, class_names=class_names)
-    return StageContext(args, Path(args.out), device, distributed, train_set, val_set, class_names, num_classes, spacing,
-                model.to(device))
+    return StageContext(args, Path(args.out), device, distributed, train_set, val_set, class_names, num_classes,
+                        spacing, model.to(device))
 
 
 def _open_validation(args: argparse.Namespace) -> Any:

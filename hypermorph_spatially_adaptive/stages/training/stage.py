@@ -22,7 +22,8 @@ from ...core.objective import constant_hyperparams, sample_training_hyperparams
 from ...data.registry import collate_pairs
 from ...evaluation.pair_metrics import nanmean, pair_metrics
 from ...files import atomic_write_json
-from ...models.checkpoints import hyper_model_config, read_checkpoint, save_checkpoint, training_checkpoint
+from ...models.checkpoints import (RUN_CHECKPOINT, hyper_model_config, read_checkpoint, save_checkpoint,
+                                  training_checkpoint)
 from ...runtime import DistributedContext, rng_state, set_rng_state
 from ..cli import write_config
 from .context import StageContext, common_spacing, prepare, run_info
@@ -66,7 +67,7 @@ def _checkpoint(ctx: StageContext, optimizer: torch.optim.Optimizer, step: int, 
 
 
 def _validation_hyper(ctx: StageContext) -> torch.Tensor:
-    values = (ctx.args.val_weight,) if ctx.args.regularizer == "diffusion" else (ctx.args.val_lam, ctx.args.val_mu)
+    values = (ctx.args.val_weight,) if ctx.args.regularizer == "diffusion" else tuple(ctx.args.val_params)
     return constant_hyperparams(values, ctx.num_classes, device=ctx.device)
 
 
@@ -75,7 +76,8 @@ def validate(ctx: StageContext) -> dict[str, float]:
     """Mean Dice (foreground), TRE (mm) and folding (%) over the validation pairs at the fixed parameters."""
     ctx.model.eval()
     hyper = _validation_hyper(ctx)
-    pairs = range(len(ctx.val_set)) if ctx.args.val_pairs is None else range(min(ctx.args.val_pairs, len(ctx.val_set)))
+    limit = ctx.args.val_max_pairs
+    pairs = range(len(ctx.val_set) if limit is None else min(limit, len(ctx.val_set)))
     scores = []
     for index in pairs:
         item = ctx.val_set[index]
@@ -111,9 +113,9 @@ class _TrainLog:
 
 
 def _load_resume(ctx: StageContext, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
-    path = ctx.out / "checkpoints" / "last.pt" if ctx.args.resume == "last" else Path(ctx.args.resume)
+    path = ctx.out / RUN_CHECKPOINT
     if not path.is_file():
-        raise ValueError(f"--resume: checkpoint {path} not found")
+        raise ValueError(f"--resume: {path} not found (--resume continues the run in --out)")
     try:
         # On the CPU: RNG states must stay there; the optimizer moves its state to the parameters' device.
         state = read_checkpoint(path, map_location="cpu")
@@ -155,7 +157,7 @@ def train(args: argparse.Namespace) -> Path:
     distributed, device = ctx.distributed, ctx.device
     checkpoints = ctx.out / "checkpoints"
     if distributed.is_main:
-        if args.resume is None and (checkpoints / "last.pt").exists():
+        if not args.resume and (checkpoints / "last.pt").exists():
             raise ValueError(f"--out {ctx.out} already holds a run; pass --resume to continue it or choose "
                              f"another --out")
         checkpoints.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,87 @@
+"""One set of flag names for the same concept in every stage, as the README's flag table says, and the shared
+plumbing: model flags and their ``--model`` alias (on the command line and in config files), (lam, mu) pairs."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hypermorph_spatially_adaptive.stages import identification, inference, training
+from hypermorph_spatially_adaptive.stages.cli import default_checkpoint, lam_mu, parse_args_with_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _options(parser) -> set[str]:
+    return {flag for action in parser._actions for flag in action.option_strings}
+
+
+STAGES = {
+    "training": _options(training.build_parser("global")) | _options(training.build_parser("spatial")),
+    "identification": _options(identification.build_parser()),
+    "inference": _options(inference.build_parser()),
+}
+
+
+def _flag_table() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("| concept | training")
+    rows = []
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def test_every_flag_of_the_readme_table_exists_in_its_stage():
+    rows = _flag_table()
+    assert len(rows) >= 8
+    for row in rows:
+        for stage, cell in zip(STAGES, row[1:]):
+            for flag in re.findall(r"`(--[a-z-]+)", cell):
+                if flag in ("--fixed", "--moving") or stage in STAGES and flag in STAGES[stage]:
+                    continue
+                pytest.fail(f"README flag table, row {row[0]!r}: {flag} is not a flag of the {stage} stage")
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--out", "--device", "--seed", "--config", "--dataset", "--data-root"])
+def test_shared_concepts_have_the_same_flag_everywhere(flag):
+    assert all(flag in options for options in STAGES.values())
+
+
+def test_renamed_flags_are_gone():
+    for old in ("--val-pairs", "--val-lam", "--val-mu", "--subject-figures", "--background-value",
+                "--literature-values"):
+        assert not any(old in options for options in STAGES.values()), old
+
+
+def test_resume_is_a_plain_flag_in_every_stage():
+    assert training.build_parser("global").parse_args(["--resume"]).resume is True
+    assert identification.build_parser().parse_args(["--resume"]).resume is True
+    assert inference.build_parser().parse_args(["--resume"]).resume is True
+    with pytest.raises(SystemExit):
+        training.build_parser("global").parse_args(["--resume", "some/checkpoint.pt"])
+
+
+def test_model_flags_default_to_the_last_checkpoint_and_model_is_the_main_model():
+    args = identification.build_parser().parse_args([])
+    assert args.global_model == default_checkpoint("global") == "runs/default/global/checkpoints/last.pt"
+    assert identification.build_parser().parse_args(["--model", "g.pt"]).global_model == "g.pt"
+    args = inference.build_parser().parse_args(["--model", "s.pt"])
+    assert args.spatial_model == "s.pt" and args.global_model == default_checkpoint("global")
+    assert inference.build_parser().parse_args([]).spatial_model == default_checkpoint("spatial")
+
+
+def test_a_config_file_may_use_the_model_alias(tmp_path):
+    config = tmp_path / "identify.yaml"
+    config.write_text("model: runs/x/global\nfigures: 0\n")
+    args = parse_args_with_config(identification.build_parser(), ["--config", str(config)])
+    assert args.global_model == "runs/x/global" and args.figures == 0
+
+
+def test_a_pair_of_parameters_is_checked_the_same_way():
+    assert lam_mu([0.3, 0.7], "--val-params") == (0.3, 0.7)
+    with pytest.raises(ValueError, match="--literature-params 0.6 0.6: need lam, mu >= 0 with lam \\+ mu <= 1"):
+        lam_mu([0.6, 0.6], "--literature-params")
