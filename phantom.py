@@ -8,28 +8,10 @@ package is the code.
 """
 import sys
 
-from hypermorph_spatially_adaptive.data.phantom import (CLASS_NAMES, GENERATOR_VERSION, TISSUES,
-                                                        default_max_displacement, elasticity_operator,
-                                                        generate_subject, inverse_consistency, invert_displacement,
-                                                        lame_from_young, load_vector, main, solve_elasticity,
-                                                        split_sizes, write_dataset)
+from hypermorph_spatially_adaptive.data import phantom as _phantom
+from hypermorph_spatially_adaptive.data.phantom import *  # noqa: F401,F403 (its __all__, below)
 
-__all__ = [
-    "CLASS_NAMES",
-    "TISSUES",
-    "GENERATOR_VERSION",
-    "lame_from_young",
-    "elasticity_operator",
-    "load_vector",
-    "solve_elasticity",
-    "invert_displacement",
-    "inverse_consistency",
-    "default_max_displacement",
-    "generate_subject",
-    "split_sizes",
-    "write_dataset",
-    "main",
-]
+__all__ = list(_phantom.__all__)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main())  # noqa: F405

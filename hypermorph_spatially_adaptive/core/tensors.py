@@ -57,21 +57,32 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all())
 
 
+def _spatial_ndim(tensor: torch.Tensor, name: str, layout: str, axes: str) -> int:
+    """ndim of a tensor ``[B, C, *S]`` with 2 or 3 spatial axes; ValueError naming ``name`` and ``layout`` else."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor {layout}, got {type(tensor).__name__}")
+    ndim = tensor.dim() - 2
+    if ndim not in (2, 3):
+        raise ValueError(f"{name} must have shape {layout} with {axes}, got shape {tuple(tensor.shape)}")
+    return ndim
+
+
+def _check_finite(tensor: torch.Tensor, name: str) -> None:
+    if not all_finite(tensor):
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
 def check_field(field: torch.Tensor, name: str = "field", check_values: bool = True) -> int:
     """Validate a field ``[B, ndim, *S]`` (ndim 2 or 3, channels == ndim; finite unless ``check_values=False``);
     return ndim."""
-    if not isinstance(field, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor [B, ndim, *S], got {type(field).__name__}")
-    ndim = field.dim() - 2
-    if ndim not in (2, 3):
-        raise ValueError(f"{name} must have shape [B, ndim, *S] with ndim 2 or 3, got shape {tuple(field.shape)}")
+    ndim = _spatial_ndim(field, name, "[B, ndim, *S]", "ndim 2 or 3")
     if field.shape[1] != ndim:
         raise ValueError(
             f"{name} must have ndim={ndim} channels for a {ndim}D grid (shape [B, {ndim}, *S]), "
             f"got {field.shape[1]} channels in shape {tuple(field.shape)}"
         )
-    if check_values and not all_finite(field):
-        raise ValueError(f"{name} contains NaN or infinite values")
+    if check_values:
+        _check_finite(field, name)
     return ndim
 
 
@@ -79,15 +90,11 @@ def check_image(image: torch.Tensor, name: str = "image", channels: int | None =
                 check_values: bool = True) -> int:
     """Validate an image ``[B, C, *S]`` (2D or 3D, optional channel count; finite unless ``check_values=False``);
     return ndim."""
-    if not isinstance(image, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor [B, C, *S], got {type(image).__name__}")
-    ndim = image.dim() - 2
-    if ndim not in (2, 3):
-        raise ValueError(f"{name} must have shape [B, C, *S] with 2 or 3 spatial axes, got shape {tuple(image.shape)}")
+    ndim = _spatial_ndim(image, name, "[B, C, *S]", "2 or 3 spatial axes")
     if channels is not None and image.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channel(s) [B, {channels}, *S], got shape {tuple(image.shape)}")
-    if check_values and image.is_floating_point() and not all_finite(image):
-        raise ValueError(f"{name} contains NaN or infinite values")
+    if check_values and image.is_floating_point():
+        _check_finite(image, name)
     return ndim
 
 
