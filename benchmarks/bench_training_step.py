@@ -10,7 +10,8 @@ to the device, parameter vectors drawn by the training sampler, forward through 
 ``validate=False`` (its three values read once), backward and a fused Adam step. Settings of ``demo.py``'s quick
 preset: 64x64, batch 4, widths enc 16 32 32 / dec 32 32 32 16, hypernetwork 4 x 64, 5 classes for the spatial model
 (``--class-sampling mixed``); a synthetic pair with block labels (the content does not change the cost). Reports
-the median over ``--steps`` steps after ``--warmup`` untimed ones, and steps per second = 1 / median. Prints a line
+the median over ``--steps`` steps after ``--warmup`` untimed ones, and steps per second = 1 / median; on CUDA also
+the host-device synchronisations of one step (``torch.cuda.set_sync_debug_mode``). Prints a line
 per model and writes ``benchmarks/results/training_step.json``; ``--reference FILE`` copies an earlier results
 file (e.g. the same measurement on an older commit, run back to back on the same machine) into it for the report.
 """
@@ -21,7 +22,7 @@ import contextlib
 import json
 import statistics
 import sys
-import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -31,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_common_args, machine_info, resolve_benchmark_device, sync, write_results  # noqa: E402
+from benchmarks.common import (add_common_args, machine_info, resolve_benchmark_device, timed,  # noqa: E402
+                               write_results)
 from hypermorph_spatially_adaptive import HyperVxmDense  # noqa: E402
 from hypermorph_spatially_adaptive.core.objective import sample_training_hyperparams  # noqa: E402
 from hypermorph_spatially_adaptive.runtime import DistributedContext  # noqa: E402
@@ -57,7 +59,8 @@ def synthetic_batch(seed: int = 0) -> dict:
 
 
 def measure(model_type: str, steps: int, warmup: int, device: torch.device) -> dict:
-    """Median seconds per training step of the ``global`` or ``spatial`` model over ``steps`` timed steps."""
+    """Median seconds per training step of the ``global`` or ``spatial`` model over ``steps`` timed steps; on CUDA
+    also the number of host-device synchronisations of one more step."""
     torch.manual_seed(0)
     classes = CLASSES if model_type == "spatial" else 1
     model = HyperVxmDense(SHAPE, 2 * classes, **WIDTHS,
@@ -65,23 +68,37 @@ def measure(model_type: str, steps: int, warmup: int, device: torch.device) -> d
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))
     network = training_network(model, DistributedContext(), device)
     options = LossOptions("elastic", classes, "fixed_labels", 9)
-    batch, generator, times = synthetic_batch(), torch.Generator(), []
+    batch, generator = synthetic_batch(), torch.Generator()
+    if device.type == "cuda":  # as the training loop's DataLoader (pin_memory): the copies to the GPU are async
+        batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     spacing = tuple(float(s) for s in batch["spacing"][0])
-    for step in range(warmup + steps):
-        sync(device)
-        start = time.perf_counter()
+
+    def step(index: int) -> float:
         check_batch(batch, options)
         on_device = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        generator.manual_seed(step)
+        generator.manual_seed(index)
         hyper = sample_training_hyperparams(BATCH, classes, "elastic", generator=generator, device=device,
                                             class_sampling="mixed")
-        loss, _, _ = training_step(network, optimizer, on_device, hyper, spacing, options, contextlib.nullcontext())
-        sync(device)
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
+        return training_step(network, optimizer, on_device, hyper, spacing, options, contextlib.nullcontext())[0]
+
+    times = []
+    for index in range(warmup + steps):
+        seconds, loss = timed(lambda: step(index), device)
+        if index >= warmup:
+            times.append(seconds)
+    syncs = None
+    if device.type == "cuda":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                step(warmup + steps)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = sum("synchroniz" in str(w.message) for w in caught)
     median = statistics.median(times)
     return {"model_type": model_type, "steps": steps, "median_s": median, "steps_per_s": 1.0 / median,
-            "mean_s": statistics.fmean(times), "min_s": min(times), "final_loss": loss}
+            "mean_s": statistics.fmean(times), "min_s": min(times), "final_loss": loss, "device_syncs_per_step": syncs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_info(device)
     results = [measure(kind, args.steps, args.warmup, device) for kind in ("global", "spatial")]
     for r in results:
-        print(f"{args.label} {r['model_type']}: {r['steps_per_s']:.2f} steps/s (median {1e3 * r['median_s']:.1f} ms)")
+        syncs = "" if r["device_syncs_per_step"] is None else f", {r['device_syncs_per_step']} device syncs per step"
+        print(f"{args.label} {r['model_type']}: {r['steps_per_s']:.2f} steps/s (median {1e3 * r['median_s']:.1f} "
+              f"ms{syncs})")
     write_results({"benchmark": "training steps per second, demo 2D settings", "label": args.label,
                    "machine": machine, "device": str(device), "threads": torch.get_num_threads(),
                    "shape": list(SHAPE), "batch": BATCH, "widths": WIDTHS, "note": args.note, "results": results,

@@ -91,3 +91,13 @@ def test_the_console_scripts_point_at_existing_entry_points():
     for target in scripts.values():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function)), target
+
+
+def test_no_source_file_is_ignored_by_git():
+    # An ignore pattern such as "data/" once hid the package's data/ sub-package from commits and clean clones.
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    result = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--",
+                             PACKAGE, "tests", "benchmarks", "docs"], cwd=ROOT, capture_output=True, text=True)
+    ignored = [path for path in result.stdout.splitlines() if "__pycache__" not in path]
+    assert not ignored, f"ignored by .gitignore, so missing from every clone: {ignored}"

@@ -19,17 +19,19 @@ def identity_grid(shape: tuple[int, ...], device=None, dtype=torch.float32) -> t
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
 
 
+def _normalisers(shape: tuple[int, ...]) -> list[float]:
+    """Per axis the factor from voxels to grid_sample's [-1, 1] (``align_corners=True``): ``2 / (n - 1)``. A size-1
+    axis has no extent: it maps to the centre rather than dividing by zero. Python floats, so that no tensor is
+    copied to the device (a synchronisation on a GPU) on every warp."""
+    return [2.0 / (n - 1) if n > 1 else 0.0 for n in shape]
+
+
 def _sampling_grid(displacement: torch.Tensor) -> torch.Tensor:
     """Field in voxels ``[B, ndim, *S]`` -> grid_sample grid ``[B, *S, ndim]`` (normalised, axes reversed)."""
-    shape = displacement.shape[2:]
-    ndim = len(shape)
-    coords = identity_grid(tuple(shape), displacement.device, displacement.dtype) + displacement
-    # A size-1 axis has no extent: map it to the centre rather than dividing by zero.
-    scale = torch.tensor([2.0 / (n - 1) if n > 1 else 0.0 for n in shape],
-                         device=displacement.device, dtype=displacement.dtype).view(1, ndim, *([1] * ndim))
-    normalised = coords * scale - 1.0
-    normalised = normalised.movedim(1, -1)
-    return normalised.flip(-1)
+    shape = tuple(displacement.shape[2:])
+    coords = identity_grid(shape, displacement.device, displacement.dtype) + displacement
+    scale = _normalisers(shape)
+    return torch.stack([coords[:, k] * scale[k] - 1.0 for k in reversed(range(len(shape)))], dim=-1)
 
 
 def warp(image: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear",
@@ -62,9 +64,9 @@ def sample_at_points(field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     if field.dim() != ndim + 1:
         raise ValueError(f"field must have shape [C, *S] with {ndim} spatial axes to match points [N, {ndim}], "
                          f"got shape {tuple(field.shape)}")
-    shape = field.shape[1:]
-    scale = torch.tensor([2.0 / (n - 1) if n > 1 else 0.0 for n in shape], device=field.device, dtype=field.dtype)
-    grid = (points.to(field.dtype) * scale - 1.0).flip(-1).view(1, -1, *([1] * (ndim - 1)), ndim)
+    scale, points = _normalisers(tuple(field.shape[1:])), points.to(field.dtype)
+    grid = torch.stack([points[:, k] * scale[k] - 1.0 for k in reversed(range(ndim))], dim=-1)
+    grid = grid.view(1, -1, *([1] * (ndim - 1)), ndim)
     values = F.grid_sample(field.unsqueeze(0), grid, mode="bilinear", padding_mode="border", align_corners=True)
     return values.reshape(field.shape[0], -1).T
 
