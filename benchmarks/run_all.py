@@ -222,17 +222,18 @@ def render_inference(data: dict) -> str:
 
 
 def render_training_step(data: dict) -> str:
-    """``training_step.json``: median seconds per step and steps per second, and the reference run if recorded."""
-    runs = [(data.get("label", "this run"), data)]
-    runs += [(r.get("label", "reference"), r) for r in data.get("references", [])]
-    rows = [[label, r["model_type"], 1e3 * r["median_s"], r["steps_per_s"], 1e3 * r["min_s"]]
-            for label, run in runs for r in run.get("results", [])]
+    """``training_step.json``: median seconds per step, steps per second and (CUDA) device synchronisations per
+    step, for this run and the reference runs recorded beside it."""
+    runs = [data] + list(data.get("references", []))
+    rows = [[run.get("label", "this run"), r["model_type"], 1e3 * r["median_s"], r["steps_per_s"], 1e3 * r["min_s"],
+             r.get("device_syncs_per_step")] for run in runs for r in run.get("results", [])]
+    steps = _get(data, "results", default=[{}])[0].get("steps")
     text = (f"Shape {_shape(data.get('shape', []))}, batch {data.get('batch')}, {data.get('threads')} threads, device "
-            f"{data.get('device')}; median over {_get(data, 'results', default=[{}])[0].get('steps')} steps:\n\n"
-            + markdown_table(["run", "model", "median ms", "steps/s", "min ms"], rows, digits=(0, 0, 1, 2, 1)))
-    for label, run in runs[1:]:
-        text += f"\n\n`{label}`: {run.get('note', '')}".rstrip()
-    return text
+            f"{data.get('device')}; median over {steps} steps:\n\n"
+            + markdown_table(["run", "model", "median ms", "steps/s", "min ms", "device syncs per step"], rows,
+                             digits=(0, 0, 1, 2, 1, 0)))
+    notes = list(dict.fromkeys(run["note"] for run in runs if run.get("note")))
+    return text + "".join(f"\n\n{note}." for note in notes)
 
 
 RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {

@@ -217,3 +217,15 @@ def test_every_benchmark_script_is_found_by_its_short_name():
     names = run_all.benchmark_scripts()
     assert {"regularizers", "model", "scaling"} <= set(names)
     assert all(path.name == f"bench_{name}.py" and path.is_file() for name, path in names.items())
+
+
+def test_training_step_renderer_tables_each_run_with_its_synchronisations():
+    run = {"model_type": "global", "steps": 10, "median_s": 0.02, "steps_per_s": 50.0, "min_s": 0.015,
+           "device_syncs_per_step": 4}
+    data = {"label": "after", "shape": [64, 64], "batch": 4, "threads": 2, "device": "cuda", "results": [run],
+            "note": "a note", "references": [{"label": "before", "results": [{**run, "device_syncs_per_step": 21}],
+                                              "note": "an earlier commit"}]}
+    text = run_all.render_training_step(data)
+    assert _table_rows(text, "after")[0][1:] == ["global", "20.0", "50.00", "15.0", "4"]
+    assert _table_rows(text, "before")[0][-1] == "21"
+    assert "a note." in text and "an earlier commit." in text
