@@ -15,6 +15,8 @@ Returns, by function:
   :func:`hd95_per_class` -> ``np.ndarray`` float64 ``[K]`` with the same NaN/inf rule per class.
 - :func:`tre` -> float64 tensor ``[N]`` of per-point distances in mm, on the displacement's device.
 - :func:`jacobian_determinant` -> tensor ``[B, *S]`` (or ``[*S]``) in the field's floating dtype and device.
+- :func:`strain_tensor` -> ``[B, ndim, ndim, *S]`` (or ``[ndim, ndim, *S]``), :func:`strain_magnitude` ->
+  ``[B, *S]`` (or ``[*S]``), dimensionless (mm per mm), in the field's floating dtype and device.
 - :func:`sdlogj`, :func:`folding_percent` -> Python ``float`` for an unbatched field ``[ndim, *S]``, float64
   tensor ``[B]`` for a batched field ``[B, ndim, *S]``.
 - :func:`warp_labels`, :func:`warp_image` -> same container type (numpy or torch), dtype and shape as the input
@@ -41,6 +43,8 @@ __all__ = [
     "hd95_per_class",
     "tre",
     "jacobian_determinant",
+    "strain_tensor",
+    "strain_magnitude",
     "sdlogj",
     "folding_percent",
     "determinant_sdlogj",
@@ -291,6 +295,19 @@ def tre(fixed_keypoints: ArrayLike, moving_keypoints: ArrayLike, displacement: A
 
 # --------------------------------------------------------------------------------------------- regularity
 
+def _gradient_mm(displacement: ArrayLike, spacing: Sequence[float] | None) -> tuple[list[torch.Tensor], bool]:
+    """Derivatives of the field in mm, ``grads[a][:, k] = d u_k / d x_a`` (each ``[B, ndim, *S]``), and whether
+    the input was batched: central differences inside, one-sided at the borders (as ``numpy.gradient``)."""
+    field, batched = _split_field(displacement)
+    ndim, spatial = field.shape[1], tuple(field.shape[2:])
+    if min(spatial) < 2:
+        raise ValueError(f"displacement needs at least 2 voxels along every axis, got spatial shape {spatial}")
+    sampling = check_spacing(spacing, ndim)
+    if any(s != 1.0 for s in sampling):
+        field = field * torch.tensor(sampling, dtype=field.dtype, device=field.device).view(1, ndim, *[1] * ndim)
+    return list(torch.gradient(field, spacing=list(sampling), dim=tuple(range(2, ndim + 2)))), batched
+
+
 def jacobian_determinant(displacement: ArrayLike, spacing: Sequence[float] | None = None) -> torch.Tensor:
     """Determinant of ``I + grad u`` per voxel: ``[B, ndim, *S]`` -> ``[B, *S]`` (``[ndim, *S]`` -> ``[*S]``).
 
@@ -300,14 +317,8 @@ def jacobian_determinant(displacement: ArrayLike, spacing: Sequence[float] | Non
     ``S (I + D) S^-1``, whose determinant is the same, so the result does not depend on the spacing.
     Returned in the field's floating dtype, on its device.
     """
-    field, batched = _split_field(displacement)
-    ndim, spatial = field.shape[1], tuple(field.shape[2:])
-    if min(spatial) < 2:
-        raise ValueError(f"displacement needs at least 2 voxels along every axis, got spatial shape {spatial}")
-    sampling = check_spacing(spacing, ndim)
-    if any(s != 1.0 for s in sampling):
-        field = field * torch.tensor(sampling, dtype=field.dtype, device=field.device).view(1, ndim, *[1] * ndim)
-    grads = torch.gradient(field, spacing=list(sampling), dim=tuple(range(2, ndim + 2)))
+    grads, batched = _gradient_mm(displacement, spacing)
+    ndim = len(grads)
     # jac[k][a] = delta_ka + d u_k / d x_a
     jac = [[grads[a][:, k] + (1.0 if k == a else 0.0) for a in range(ndim)] for k in range(ndim)]
     if ndim == 2:
@@ -317,6 +328,34 @@ def jacobian_determinant(displacement: ArrayLike, spacing: Sequence[float] | Non
                - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
                + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0]))
     return det if batched else det[0]
+
+
+def _strain(displacement: ArrayLike, spacing: Sequence[float] | None) -> tuple[torch.Tensor, bool]:
+    grads, batched = _gradient_mm(displacement, spacing)
+    ndim = len(grads)
+    eps = torch.stack([torch.stack([0.5 * (grads[a][:, k] + grads[k][:, a]) for a in range(ndim)], dim=1)
+                       for k in range(ndim)], dim=1)
+    return eps, batched
+
+
+def strain_tensor(displacement: ArrayLike, spacing: Sequence[float] | None = None) -> torch.Tensor:
+    """Small-strain tensor ``eps = (grad u + grad u^T) / 2`` per voxel: ``[B, ndim, *S]`` -> ``[B, ndim, ndim, *S]``
+    (``[ndim, *S]`` -> ``[ndim, ndim, *S]``), ``eps[k, a] = (d u_k / d x_a + d u_a / d x_k) / 2``.
+
+    ``u`` in voxels, converted to mm with ``spacing`` (channel k times s_k, derivative along axis a divided by
+    s_a), so the strain is dimensionless. Derivatives as in :func:`jacobian_determinant`: a linear field gives its
+    exact strain everywhere, and a rigid translation none.
+    """
+    eps, batched = _strain(displacement, spacing)
+    return eps if batched else eps[0]
+
+
+def strain_magnitude(displacement: ArrayLike, spacing: Sequence[float] | None = None) -> torch.Tensor:
+    """Frobenius norm ``|eps|`` of :func:`strain_tensor` per voxel: ``[B, ndim, *S]`` -> ``[B, *S]`` (``[ndim, *S]``
+    -> ``[*S]``), dimensionless."""
+    eps, batched = _strain(displacement, spacing)
+    norm = eps.square().sum(dim=(1, 2)).sqrt()
+    return norm if batched else norm[0]
 
 
 def _masked_std(values: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:

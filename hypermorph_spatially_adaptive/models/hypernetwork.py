@@ -2,7 +2,8 @@
 
 ``HyperNetwork`` maps a parameter vector ``[B, P]`` to an embedding ``[B, E]``; every ``HyperConv`` turns that
 embedding into its own kernel and bias through linear heads, so one network serves all parameter values
-(HyperMorph, Hoopes et al. 2021). The functional core is :func:`hyper_conv`.
+(HyperMorph, Hoopes et al. 2021). The functional core is :func:`hyper_conv`, and :func:`tissue_conv` for kernels
+that differ between tissue classes (each voxel convolved with the kernels of its own class).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["HyperNetwork", "HyperConv", "LinearHead", "hyper_conv", "conv_nd", "kaiming_std",
+__all__ = ["HyperNetwork", "HyperConv", "LinearHead", "hyper_conv", "tissue_conv", "conv_nd", "kaiming_std",
            "EMBEDDING_SECOND_MOMENT"]
 
 #: Slope of the LeakyReLU that follows every U-Net convolution; used for the Kaiming gain.
@@ -62,6 +63,27 @@ def hyper_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     out = conv(folded, weight.reshape(batch * cout, cin, *weight.shape[3:]),
                None if bias is None else bias.reshape(batch * cout), stride=stride, padding=padding, groups=batch)
     return out.view(batch, cout, *out.shape[2:])
+
+
+def tissue_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fractions: torch.Tensor,
+                stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """Convolve every voxel with the kernels of its own tissue class.
+
+    x ``[B, Cin, *S]``; weight ``[N, C, Cout, Cin, *k]`` and bias ``[N, C, Cout]`` or None: one kernel per class,
+    per sample (N = B) or shared by the batch (N = 1); fractions ``[B, C, *S']`` (``S'`` the output size): the
+    share of each class at each output voxel (one-hot labels, or their averages on a coarser grid; they sum to 1).
+    Returns ``sum_c fractions[:, c] * (conv(x, weight[:, c]) + bias[:, c])`` ``[B, Cout, *S']``: a convolution
+    whose kernel at voxel x is ``sum_c fractions_c(x) weight_c``. The C convolutions run as one with C * Cout
+    output channels.
+    """
+    n, classes, cout = weight.shape[:3]
+    if fractions.dim() != x.dim() or fractions.shape[:2] != (x.shape[0], classes):
+        raise ValueError(f"fractions must have shape [B={x.shape[0]}, C={classes}, *S], got "
+                         f"{tuple(fractions.shape)}")
+    stacked = weight.reshape(n, classes * cout, *weight.shape[3:])
+    out = hyper_conv(x, stacked, None if bias is None else bias.reshape(n, classes * cout), stride, padding)
+    out = out.view(out.shape[0], classes, cout, *out.shape[2:])
+    return (out * fractions.unsqueeze(2)).sum(1)
 
 
 class HyperNetwork(nn.Module):
@@ -118,7 +140,9 @@ class HyperConv(nn.Module):
     """Convolution whose kernel and bias are linear functions of a hypernetwork embedding (wraps :func:`hyper_conv`).
 
     ``forward(x [B, Cin, *S], embedding [B, E] or [1, E]) -> [B, Cout, *S']`` with padding ``kernel_size // 2``
-    (same size for stride 1). An embedding with one row applies one kernel to the whole batch.
+    (same size for stride 1). An embedding with one row applies one kernel to the whole batch. With ``fractions``
+    ``[B, C, *S']`` the embedding holds one row per class (``[N * C, E]``, class fastest, N = B or 1) and every voxel
+    is convolved with its own class's kernels (:func:`tissue_conv`).
 
     Initialisation: the generated kernel ``W e + b`` should start with the variance of a Kaiming-normal kernel
     for LeakyReLU(0.2), ``s^2 = 2 / (1.04 fan_in)``. Half of it comes from the head bias ``b`` (a Kaiming kernel
@@ -155,14 +179,23 @@ class HyperConv(nn.Module):
         weight = self.weight_head(embedding).view(embedding.shape[0], *self.kernel_shape)
         return weight, self.bias_head(embedding)
 
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor,
+                fractions: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != self.ndim + 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape [B, {self.in_channels}, *S] with {self.ndim} spatial axes, "
                              f"got {tuple(x.shape)}")
-        if embedding.shape[0] not in (1, x.shape[0]):
-            raise ValueError(f"embedding must have 1 or B={x.shape[0]} rows, got shape {tuple(embedding.shape)}")
+        classes = 1 if fractions is None else fractions.shape[1]
+        if embedding.shape[0] not in (classes, x.shape[0] * classes):
+            expected = (f"1 or B={x.shape[0]} rows" if fractions is None else
+                        f"C={classes} or B x C = {x.shape[0] * classes} rows (one per sample and class)")
+            raise ValueError(f"embedding must have {expected}, got shape {tuple(embedding.shape)}")
         weight, bias = self.generate(embedding)
-        return hyper_conv(x, weight, bias, stride=self.stride, padding=self.kernel_size // 2)
+        padding = self.kernel_size // 2
+        if fractions is None:
+            return hyper_conv(x, weight, bias, stride=self.stride, padding=padding)
+        rows = embedding.shape[0] // classes
+        return tissue_conv(x, weight.view(rows, classes, *self.kernel_shape), bias.view(rows, classes, -1),
+                           fractions, stride=self.stride, padding=padding)
 
     def extra_repr(self) -> str:
         return (f"ndim={self.ndim}, in_channels={self.in_channels}, out_channels={self.out_channels}, "

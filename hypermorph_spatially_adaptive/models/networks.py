@@ -17,10 +17,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.hyperparams import params_per_class
 from ..core.tensors import all_finite, check_image
 from ..core.transform import integrate_velocity, warp
 from .checkpoints import ModelKind, hyper_model_config, kind_from_config, model_file, read_checkpoint, \
     save_checkpoint
+from .conditioning import (CONDITIONINGS, NEEDS_LABELS, class_fractions, class_parameter_sets, fraction_pyramid,
+                           parameter_maps)
 from .hypernetwork import LEAKY_SLOPE, HyperConv, HyperNetwork, conv_nd, kaiming_std
 
 __all__ = ["RegistrationOutput", "PlainConv", "UNet", "VxmDense", "HyperVxmDense", "Unchecked", "spatial_from_global"]
@@ -89,15 +92,24 @@ class UNet(nn.Module):
             channels = width + (enc[self.levels - 1 - level] if level < self.levels else 0)
         self.out_channels = channels
 
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None,
+                fractions: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """``fractions`` (tissue-wise kernels): class fractions at every resolution, entry k ``[B, C, *S / 2^k]``
+        (:func:`~.conditioning.fraction_pyramid`), passed to each block at its own resolution."""
         pool = F.max_pool2d if self.ndim == 2 else F.max_pool3d
         skips = []
-        for block in self.encoder:
-            x = F.leaky_relu(block(x, embedding), LEAKY_SLOPE)
+
+        def block_at(block: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
+            if fractions is None:
+                return F.leaky_relu(block(x, embedding), LEAKY_SLOPE)
+            return F.leaky_relu(block(x, embedding, fractions[level]), LEAKY_SLOPE)
+
+        for level, block in enumerate(self.encoder):
+            x = block_at(block, x, level)
             skips.append(x)
             x = pool(x, 2)
         for level, block in enumerate(self.decoder):
-            x = F.leaky_relu(block(x, embedding), LEAKY_SLOPE)
+            x = block_at(block, x, max(self.levels - level, 0))
             if level < self.levels:
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
                 x = torch.cat([x, skips.pop()], dim=1)
@@ -129,7 +141,7 @@ class _Registration(nn.Module):
     """Shared parts: U-Net on ``cat(moving, fixed)``, padding, flow conv, integration, warping, save/load."""
 
     def __init__(self, inshape: Sequence[int], enc_features: Sequence[int], dec_features: Sequence[int],
-                 int_steps: int, pad_mode: str, conv: ConvFactory):
+                 int_steps: int, pad_mode: str, conv: ConvFactory, extra_channels: int = 0):
         super().__init__()
         shape = tuple(inshape) if isinstance(inshape, (list, tuple)) else ()
         if len(shape) not in (2, 3) or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
@@ -141,7 +153,7 @@ class _Registration(nn.Module):
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
         self.inshape, self.int_steps, self.pad_mode = shape, int_steps, pad_mode
-        self.unet = UNet(len(shape), 2, enc_features, dec_features, conv)
+        self.unet = UNet(len(shape), 2 + extra_channels, enc_features, dec_features, conv)
         self.flow = PlainConv(len(shape), self.unet.out_channels, len(shape))
         with torch.no_grad():
             # Near-zero velocity at the start, as in VoxelMorph.
@@ -177,11 +189,18 @@ class _Registration(nn.Module):
         for name, image in (("moving", moving), ("fixed", fixed)):
             check_image(image, name, channels=1)
 
-    def _register(self, moving: torch.Tensor, fixed: torch.Tensor, embedding: torch.Tensor | None) \
-            -> RegistrationOutput:
+    def _register(self, moving: torch.Tensor, fixed: torch.Tensor, embedding: torch.Tensor | None,
+                  extra: torch.Tensor | None = None, fractions: torch.Tensor | None = None) -> RegistrationOutput:
+        """``extra``: more input channels ``[B, k, *S]``; ``fractions``: class fractions ``[B, C, *S]`` for
+        tissue-wise kernels. Both are padded by repeating their edges."""
         amounts = _pad_amounts(moving.shape[2:], 2 ** self.unet.levels)
         x = _pad(torch.cat([moving, fixed], dim=1), amounts, self.pad_mode)
-        velocity = _crop(self.flow(self.unet(x, embedding)), amounts)
+        if extra is not None:
+            x = torch.cat([x, _pad(extra.to(x.dtype), amounts, "replicate")], dim=1)
+        pyramid = None
+        if fractions is not None:
+            pyramid = fraction_pyramid(_pad(fractions, amounts, "replicate"), self.unet.levels)
+        velocity = _crop(self.flow(self.unet(x, embedding, pyramid)), amounts)
         displacement = integrate_velocity(velocity, self.int_steps)
         return RegistrationOutput(warp(moving, displacement), displacement, velocity)
 
@@ -260,34 +279,57 @@ class HyperVxmDense(_Registration):
     every :class:`HyperConv` of the U-Net; the final flow conv (ndim channels, kernel 3, ~N(0, 1e-5)) is plain.
     ``u = exp(v)`` by ``int_steps`` scaling-and-squaring steps (0: ``u = v``).
 
+    A spatial model's ``conditioning`` says how the per-class values reach their voxels
+    (:mod:`.conditioning`): ``vector`` (the paper: kernels from the whole vector, shared by every voxel), ``maps``
+    (plus the voxelwise parameter maps as input channels) or ``tissue`` (each voxel convolved with kernels generated
+    from its own class's values). ``maps`` and ``tissue`` take the fixed labels ``labels`` ``[B or 1, 1, *S]``
+    (int64, ``0..C-1``) in every call (:attr:`needs_labels`); ``vector`` models ignore them.
+
     Any spatial size with ``len(inshape)`` axes is accepted: sizes not divisible by ``2 ** len(enc_features)``
     are padded (``pad_mode="replicate"`` repeats the edge voxels, ``"zeros"`` pads with 0; split evenly before
     and after) and the velocity is cropped back before integration. ``inshape`` is the nominal training shape,
     kept in the config. When every row of ``hyper`` is identical, one kernel per layer is generated and applied
-    to the whole batch (a plain conv, same result as the grouped path).
+    to the whole batch (a plain conv, same result as the grouped path); a ``tissue`` model whose classes share
+    one parameter set runs as the global model does (one kernel per layer, no blending).
     """
 
     def __init__(self, inshape: Sequence[int], nb_hyp_params: int, enc_features: Sequence[int] = (16, 32, 32, 32),
                  dec_features: Sequence[int] = (32, 32, 32, 32, 32, 16, 16), int_steps: int = 7,
                  hyper_layers: int = 6, hyper_units: int = 128, pad_mode: str = "replicate",
-                 regularizer: str = "elastic", class_names: Sequence[str] | None = None):
+                 regularizer: str = "elastic", class_names: Sequence[str] | None = None,
+                 conditioning: str = "vector"):
         ndim = len(inshape) if isinstance(inshape, (list, tuple)) else 0
-        hypernetwork = HyperNetwork(nb_hyp_params, hyper_layers, hyper_units)  # validates its arguments first
         layout = {"nb_hyp_params": nb_hyp_params, "regularizer": regularizer,
                   "class_names": None if class_names is None else [str(name) for name in class_names]}
-        kind_from_config(layout)  # validates the parameter layout
+        HyperNetwork(nb_hyp_params, hyper_layers, hyper_units)  # validates its arguments first
+        kind = kind_from_config(layout)  # validates the parameter layout
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
+        if conditioning != "vector" and kind.model_type != "spatial":
+            raise ValueError(f"conditioning {conditioning!r} is for spatial models (one parameter set per class); "
+                             f"a global model (nb_hyp_params {nb_hyp_params}) uses 'vector'")
+        per_class = params_per_class(regularizer)
         super().__init__(inshape, enc_features, dec_features, int_steps, pad_mode,
-                         conv=partial(_hyper_block, ndim, hyper_units))
-        self.hypernetwork = hypernetwork
+                         conv=partial(_hyper_block, ndim, hyper_units),
+                         extra_channels=per_class if conditioning == "maps" else 0)
+        self.hypernetwork = HyperNetwork(per_class if conditioning == "tissue" else nb_hyp_params, hyper_layers,
+                                         hyper_units)
+        self.conditioning, self.num_classes = conditioning, nb_hyp_params // per_class
         self._config = {"inshape": list(self.inshape), **layout,
                         "enc_features": [int(f) for f in enc_features],
                         "dec_features": [int(f) for f in dec_features], "int_steps": int_steps,
-                        "hyper_layers": hyper_layers, "hyper_units": hyper_units, "pad_mode": pad_mode}
+                        "hyper_layers": hyper_layers, "hyper_units": hyper_units, "pad_mode": pad_mode,
+                        "conditioning": conditioning}
 
     @property
     def nb_hyp_params(self) -> int:
         """Length P of the parameter vector."""
-        return self.hypernetwork.nb_hyp_params
+        return self._config["nb_hyp_params"]
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether every call needs the fixed labels (``maps`` and ``tissue`` conditioning)."""
+        return self.conditioning in NEEDS_LABELS
 
     @property
     def kind(self) -> ModelKind:
@@ -305,6 +347,25 @@ class HyperVxmDense(_Registration):
             hyper = hyper[:1]
         return self.hypernetwork(hyper)
 
+    def _check_labels(self, labels: torch.Tensor | None, moving: torch.Tensor, values: bool) -> None:
+        if not self.needs_labels:
+            return
+        if labels is None:
+            raise ValueError(f"this model (conditioning {self.conditioning!r}) needs the fixed image's labels "
+                             f"[B, 1, *S] in every call; none were given")
+        expected = (moving.shape[0], 1, *moving.shape[2:])
+        if not isinstance(labels, torch.Tensor) or labels.dim() != moving.dim() \
+                or labels.shape[0] not in (1, expected[0]) or tuple(labels.shape[1:]) != expected[1:]:
+            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise ValueError(f"labels must have shape [B or 1, 1, *S] = {list(expected)}, got {shape}")
+        if labels.dtype != torch.int64:
+            raise ValueError(f"labels must be int64 class indices, got dtype {labels.dtype}")
+        if values and labels.numel():
+            low, high = (int(v) for v in torch.aminmax(labels))
+            if low < 0 or high >= self.num_classes:
+                raise ValueError(f"labels must lie in 0..{self.num_classes - 1} (the model's "
+                                 f"{self.num_classes} classes), got values in {low}..{high}")
+
     def _check_hyper(self, hyper: torch.Tensor, batch: int) -> None:
         P = self.nb_hyp_params
         if not isinstance(hyper, torch.Tensor) or hyper.dim() != 2 or hyper.shape[1] != P:
@@ -316,25 +377,49 @@ class HyperVxmDense(_Registration):
         if not hyper.is_floating_point():
             raise ValueError(f"hyper must be a finite floating-point tensor, got dtype {hyper.dtype}")
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, hyper: torch.Tensor) -> RegistrationOutput:
-        """moving, fixed ``[B, 1, *S]``, hyper ``[B, P]`` -> ``RegistrationOutput(warped, displacement, velocity)``.
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, hyper: torch.Tensor,
+                labels: torch.Tensor | None = None) -> RegistrationOutput:
+        """moving, fixed ``[B, 1, *S]``, hyper ``[B, P]``, labels ``[B or 1, 1, *S]`` (the fixed labels; needed by
+        ``maps`` and ``tissue`` models) -> ``RegistrationOutput(warped, displacement, velocity)``.
 
-        Checks shapes, dtypes and values (finite images and parameters: reading them is a host-device
-        synchronisation on a GPU). A caller that checked its inputs once (the training step, the grid scoring of
-        identification) runs :meth:`register` instead.
+        Checks shapes, dtypes and values (finite images and parameters, labels in range: reading them is a
+        host-device synchronisation on a GPU). A caller that checked its inputs once (the training step, the grid
+        scoring of identification) runs :meth:`register` instead.
         """
         self._check_pair(moving, fixed)
         self._check_hyper(hyper, moving.shape[0])
+        self._check_labels(labels, moving, values=True)
         self._check_finite(moving, fixed)
         if not all_finite(hyper):
             raise ValueError("hyper must be a finite floating-point tensor (no NaN or infinity)")
-        return self._register(moving, fixed, self.embed(hyper.to(moving.dtype)))
+        return self._conditioned(moving, fixed, hyper, labels)
 
-    def register(self, moving: torch.Tensor, fixed: torch.Tensor, hyper: torch.Tensor) -> RegistrationOutput:
+    def register(self, moving: torch.Tensor, fixed: torch.Tensor, hyper: torch.Tensor,
+                 labels: torch.Tensor | None = None) -> RegistrationOutput:
         """:meth:`forward` without the checks that read the data: shapes and dtypes are still checked."""
         self._check_pair(moving, fixed)
         self._check_hyper(hyper, moving.shape[0])
-        return self._register(moving, fixed, self.embed(hyper.to(moving.dtype)))
+        self._check_labels(labels, moving, values=False)
+        return self._conditioned(moving, fixed, hyper, labels)
+
+    def _conditioned(self, moving: torch.Tensor, fixed: torch.Tensor, hyper: torch.Tensor,
+                     labels: torch.Tensor | None) -> RegistrationOutput:
+        hyper = hyper.to(moving.dtype)
+        if self.conditioning == "vector":
+            return self._register(moving, fixed, self.embed(hyper))
+        if self.conditioning == "maps":
+            maps = parameter_maps(hyper, labels, self.num_classes)
+            return self._register(moving, fixed, self.embed(hyper), extra=maps)
+        sets = class_parameter_sets(hyper, self.num_classes)  # [B, C, k]
+        if hyper.shape[0] > 1 and bool((hyper == hyper[:1]).all()):
+            sets = sets[:1]
+        if bool((sets == sets[:, :1]).all()):
+            # Every class has the same values: one kernel per layer, exactly the global model's computation.
+            return self._register(moving, fixed, self.hypernetwork(sets[:, 0]))
+        batch_labels = labels.expand(moving.shape[0], *labels.shape[1:])
+        fractions = class_fractions(batch_labels, self.num_classes, moving.dtype)
+        return self._register(moving, fixed, self.hypernetwork(sets.reshape(-1, sets.shape[-1])),
+                              fractions=fractions)
 
 
 class Unchecked(nn.Module):
@@ -346,7 +431,7 @@ class Unchecked(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, *inputs: torch.Tensor) -> RegistrationOutput:
+    def forward(self, *inputs: torch.Tensor | None) -> RegistrationOutput:
         return self.model.register(*inputs)
 
 
@@ -355,13 +440,17 @@ def _hyper_block(ndim: int, embedding_size: int, in_channels: int, out_channels:
 
 
 def spatial_from_global(global_model: HyperVxmDense, num_classes: int,
-                        class_names: Sequence[str] | None = None) -> HyperVxmDense:
-    """A spatially adaptive elastic model (P = 2C) that starts as a copy of the global elastic model (P = 2).
+                        class_names: Sequence[str] | None = None, conditioning: str = "vector") -> HyperVxmDense:
+    """A spatially adaptive elastic model (P = 2C) that starts as a copy of the global elastic model (P = 2):
+    a vector whose classes share one ``(lam, mu)`` gives exactly the global model's output (a warm start; the
+    paper trains the spatial model from scratch). ``class_names`` (default: the global model's, when it records C
+    of them) name the C classes.
 
-    The first hypernetwork layer sees each class's lambda (and mu) with 1/C of the global weight, so a vector
-    whose classes share one ``(lam, mu)`` gives exactly the global model's output: training the spatial model
-    then only has to learn how the tissues differ (a warm start; the paper trains it from scratch).
-    ``class_names`` (default: the global model's, when it records C of them) name the C classes.
+    ``vector`` and ``maps``: the first hypernetwork layer sees each class's lambda (and mu) with 1/C of the global
+    weight, so the start sees only the class mean and training has to learn how the tissues differ; the extra
+    input channels of ``maps`` start with zero kernels. ``tissue``: the global model's weights unchanged (the
+    hypernetwork already takes one class's ``(lam, mu)``), so each tissue starts with exactly the global model's
+    kernels for its own values.
     """
     kind = global_model.kind
     if (kind.model_type, kind.regularizer) != ("global", "elastic"):
@@ -372,10 +461,24 @@ def spatial_from_global(global_model: HyperVxmDense, num_classes: int,
     if class_names is None and len(kind.class_names) == num_classes:
         class_names = kind.class_names
     config = {**global_model.config, "nb_hyp_params": 2 * num_classes,
-              "class_names": None if class_names is None else list(class_names)}
+              "class_names": None if class_names is None else list(class_names), "conditioning": conditioning}
     model = HyperVxmDense(**config)
     state = dict(global_model.state_dict())
     first = state["hypernetwork.layers.0.weight"]  # [units, 2]: columns lam, mu
-    state["hypernetwork.layers.0.weight"] = first.repeat_interleave(num_classes, dim=1) / num_classes
+    if conditioning != "tissue":
+        state["hypernetwork.layers.0.weight"] = first.repeat_interleave(num_classes, dim=1) / num_classes
+    if conditioning == "maps":
+        for head in ("weight_head.weight", "weight_head.bias"):
+            name = f"unet.encoder.0.{head}"
+            state[name] = _with_zero_input_channels(state[name], model.unet.encoder[0])
     model.load_state_dict(state)
     return model.to(first.device)
+
+
+def _with_zero_input_channels(head: torch.Tensor, conv: HyperConv) -> torch.Tensor:
+    """A first-layer kernel head ``[..., Cout * 2 * k^d]`` (flattened kernels over the two image channels) widened
+    to ``conv``'s input channels, the new channels' kernels zero."""
+    kernels = head.reshape(*head.shape[:-1], conv.out_channels, 2, -1)
+    wide = kernels.new_zeros(*kernels.shape[:-2], conv.in_channels, kernels.shape[-1])
+    wide[..., :2, :] = kernels
+    return wide.reshape(*head.shape[:-1], -1)

@@ -14,6 +14,8 @@ from hypermorph_spatially_adaptive.core.metrics import (
     hd95_per_class,
     jacobian_determinant,
     sdlogj,
+    strain_magnitude,
+    strain_tensor,
     tre,
     warp_image,
     warp_labels,
@@ -262,6 +264,33 @@ def test_jacobian_determinant_matches_numpy_gradient_and_ignores_spacing(shape):
     spacing = SPACING_3D[:ndim]
     torch.testing.assert_close(jacobian_determinant(u, spacing), det)
     torch.testing.assert_close(jacobian_determinant(u[0].numpy(), spacing), det[0])
+
+
+# ----------------------------------------------------------------------------------------------------- strain
+
+@pytest.mark.parametrize("shape, spacing", [((7, 9), (1.0, 1.0)), ((7, 9), (2.0, 0.5)), ((5, 6, 7), (1.5, 1.0, 3.0))])
+def test_linear_field_has_its_symmetric_gradient_in_mm_everywhere(shape, spacing):
+    ndim = len(shape)
+    matrix = 0.3 * torch.randn(ndim, ndim, dtype=torch.float64)
+    eps = strain_tensor(_linear_field(matrix, shape), spacing)
+    # u_k = A_ka x_a in voxels: d(s_k u_k) / d(s_a x_a) = s_k A_ka / s_a
+    s = torch.tensor(spacing, dtype=torch.float64)
+    gradient = s[:, None] * matrix / s[None, :]
+    expected = 0.5 * (gradient + gradient.T)
+    assert eps.shape == (1, ndim, ndim, *shape)
+    torch.testing.assert_close(eps[0].movedim((0, 1), (-2, -1)), expected.expand(*shape, ndim, ndim))
+    torch.testing.assert_close(strain_magnitude(_linear_field(matrix, shape), spacing)[0],
+                               expected.norm().expand(shape))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_translation_and_infinitesimal_rotation_have_no_strain(ndim):
+    shape = (6, 7, 8)[:ndim]
+    skew = torch.zeros(ndim, ndim, dtype=torch.float64)
+    skew[0, 1], skew[1, 0] = 0.2, -0.2
+    field = _linear_field(skew, shape) + 1.7  # grad u antisymmetric, plus a shift
+    torch.testing.assert_close(strain_magnitude(field), torch.zeros(1, *shape, dtype=torch.float64))
+    assert strain_tensor(field[0]).shape == (ndim, ndim, *shape)
 
 
 @pytest.mark.parametrize("ndim", [2, 3])

@@ -287,8 +287,9 @@ def test_refine_is_never_worse_than_its_start_on_the_tuning_pairs(single_run, ph
     def mean_dice(scope):
         with torch.inference_mode():
             return statistics.fmean(
-                pair_metrics(model(item["moving"][None], item["fixed"][None], table.hyper(scope)).displacement, item,
-                             CLASSES)["dice_mean"] for item in (dataset[i] for i in range(len(dataset))))
+                pair_metrics(model(item["moving"][None], item["fixed"][None], table.hyper(scope),
+                                   item["fixed_labels"][None]).displacement, item, CLASSES)["dice_mean"]
+                for item in (dataset[i] for i in range(len(dataset))))
 
     start, refined = mean_dice("population"), mean_dice("population_refined")
     assert refined >= start

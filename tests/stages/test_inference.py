@@ -15,6 +15,7 @@ from hypermorph_spatially_adaptive.data import nifti_io
 from hypermorph_spatially_adaptive.evaluation import statistics
 from hypermorph_spatially_adaptive.stages.inference import report
 from hypermorph_spatially_adaptive.models.trained import load_trained_model
+from hypermorph_spatially_adaptive.models.networks import spatial_from_global
 from hypermorph_spatially_adaptive.evaluation.pair_metrics import end_point_error
 from hypermorph_spatially_adaptive.stages.inference import main
 from hypermorph_spatially_adaptive.stages.inference.pairs import method_parameters
@@ -128,7 +129,7 @@ def test_each_method_runs_its_model_at_its_parameters(dataset_run, phantom_root,
     with torch.no_grad():
         for (pair, method), (model, h) in expected.items():
             item = items[int(pair) - 1]
-            field = model(item["moving"][None], item["fixed"][None], h).displacement[0]
+            field = model(item["moving"][None], item["fixed"][None], h, item["fixed_labels"][None]).displacement[0]
             written, _ = nifti_io.read_displacement(out / method / f"disp_{pair}_{pair}.nii.gz")
             torch.testing.assert_close(written, field, rtol=1e-5, atol=1e-6, msg=f"{pair} {method}")
 
@@ -207,11 +208,22 @@ def test_explicit_files_with_labels_match_the_dataset_run(explicit_files, phanto
         assert float(row_files[column]) == pytest.approx(float(row_data[column]), rel=1e-5)
 
 
+@pytest.fixture(scope="module")
+def vector_spatial(trained_global, tmp_path_factory):
+    """The paper's spatial variant ('vector' conditioning), warm-started from the tiny global model: needs no labels."""
+    global_model, _ = load_trained_model(trained_global / "checkpoints" / "last.pt")
+    folder = tmp_path_factory.mktemp("vector")
+    (folder / "checkpoints").mkdir()
+    spatial_from_global(global_model, len(CLASSES), CLASSES, conditioning="vector").save(
+        folder / "checkpoints" / "last.pt")
+    return folder
+
+
 def test_explicit_files_without_labels_register_and_leave_label_metrics_empty(explicit_files, trained_global,
-                                                                             trained_spatial, parameters_csv,
+                                                                             vector_spatial, parameters_csv,
                                                                              tmp_path):
     out = tmp_path / "out"
-    assert main(_argv(trained_global, trained_spatial, parameters_csv, out, "--fixed", str(explicit_files["fixed"]),
+    assert main(_argv(trained_global, vector_spatial, parameters_csv, out, "--fixed", str(explicit_files["fixed"]),
                       "--moving", str(explicit_files["moving"]), "--intensity", "none", "--figures", "1")) == 0
     rows = _read_csv(out / "metrics.csv")
     assert [r["method"] for r in rows] == list(METHODS)
@@ -221,6 +233,18 @@ def test_explicit_files_without_labels_register_and_leave_label_metrics_empty(ex
     assert rows[2]["parameters_source"] == "population"
     assert (out / "tissue_subject" / "disp_fixed_moving.nii.gz").is_file()
     assert not list(out.glob("*/warped_labels_*"))
+
+
+def test_a_tissue_model_without_fixed_labels_is_refused_before_anything_is_written(explicit_files, trained_global,
+                                                                                    trained_spatial, parameters_csv,
+                                                                                    tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(_argv(trained_global, trained_spatial, parameters_csv, out, "--fixed", str(explicit_files["fixed"]),
+                   "--moving", str(explicit_files["moving"]), "--intensity", "none"))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--fixed-labels is required" in error and "'tissue'" in error
+    assert not out.exists()
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,9 @@ def test_tiny_run_writes_the_documented_outputs(model_type, regularizer, phantom
     assert config["options"]["steps"] == 3 and "torch" in config["software"]
     with (out / "train_log.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert tuple(rows[0].keys()) == LOG_COLUMNS
+    foreground = config["class_names"][1:] if model_type == "spatial" else []
+    locality = [f"val_locality_{name}" for name in foreground] + [f"val_leakage_{name}" for name in foreground]
+    assert tuple(rows[0].keys()) == LOG_COLUMNS[:-1] + tuple(locality) + LOG_COLUMNS[-1:]
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
     assert rows[1]["val_dice"] != "" and rows[0]["val_dice"] == ""
     checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
@@ -59,8 +61,12 @@ def test_tiny_run_writes_the_documented_outputs(model_type, regularizer, phantom
     classes = len(config["class_names"]) if model_type == "spatial" else 1
     assert model.nb_hyp_params == nb_hyp_params(regularizer, classes)
     moving = fixed = torch.rand(1, 1, 32, 32)
-    output = model(moving, fixed, torch.full((1, model.nb_hyp_params), 0.2))
+    labels = torch.randint(0, classes, (1, 1, 32, 32))
+    output = model(moving, fixed, torch.full((1, model.nb_hyp_params), 0.2), labels)
     assert output.displacement.shape == (1, 2, 32, 32)
+    if model_type == "spatial":
+        assert config["conditioning"] == model.conditioning == "tissue"  # the default variant
+        assert all(rows[1][column] != "" for column in locality)
 
 
 def test_resume_gives_the_same_weights_as_a_straight_run(phantom_root, tmp_path, tiny_flags):
@@ -211,6 +217,26 @@ def test_spatial_training_can_start_from_the_global_model(phantom_root, trained_
         _train("spatial", phantom_root, tmp_path / "bad", flags,
                "--init-from", str(trained_spatial / "checkpoints" / "last.pt"))
     assert exit_info.value.code == 2 and "--init-from" in capsys.readouterr().err
+
+
+def test_zero_steps_from_a_global_model_write_it_as_a_tissue_model_validated_once(phantom_root, trained_global,
+                                                                                 tmp_path, tiny_flags, capsys):
+    out = tmp_path / "converted"
+    assert _train("spatial", phantom_root, out, tiny_flags, "--steps", "0", "--init-from", str(trained_global)) == 0
+    with (out / "train_log.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["step"] for row in rows] == ["0"] and rows[0]["val_dice"] != "" and rows[0]["val_locality_bone"]
+    spatial = HyperVxmDense.load(out / "checkpoints" / "last.pt").eval()
+    global_model = HyperVxmDense.load(trained_global / "checkpoints" / "last.pt").eval()
+    assert spatial.conditioning == "tissue" and (out / "checkpoints" / "best.pt").is_file()
+    moving, fixed = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    labels = torch.randint(0, 5, (1, 1, 32, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(spatial(moving, fixed, torch.tensor([[0.3] * 5 + [0.2] * 5]), labels).velocity,
+                                   global_model(moving, fixed, torch.tensor([[0.3, 0.2]])).velocity)
+    with pytest.raises(SystemExit) as exit_info:
+        _train("spatial", phantom_root, tmp_path / "untrained", tiny_flags, "--steps", "0")
+    assert exit_info.value.code == 2 and "--steps must be positive" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("step,expected", [(0, 1e-3), (50, 5e-4), (100, 0.0)])

@@ -133,6 +133,8 @@ def evaluate_pair(model: torch.nn.Module, item: dict[str, Any], grid: torch.Tens
     device = next(model.parameters()).device
     grid_batch = grid_batch or default_grid_batch(device)
     moving, fixed = item["moving"][None].to(device), item["fixed"][None].to(device)
+    # A spatial model that places its classes' values by the fixed labels gets them (others ignore them).
+    labels = item["fixed_labels"][None].to(device) if "fixed_labels" in item else None
     sources = {"": item} if selection is None else {"": selection, "_eval": item}
     targets = {suffix: scoring_targets(source, device) for suffix, source in sources.items()}
     chunks: dict[str, list[torch.Tensor]] = {}
@@ -142,7 +144,7 @@ def evaluate_pair(model: torch.nn.Module, item: dict[str, Any], grid: torch.Tens
         # Later passes: the images the first pass checked, and grid points the stage built itself.
         run = model if start == 0 else model.register
         displacement = run(moving.expand(count, *moving.shape[1:]), fixed.expand(count, *fixed.shape[1:]),
-                           hyper).displacement
+                           hyper, labels).displacement
         for suffix, target in targets.items():
             for name, values in score_displacements(displacement, target, num_classes).items():
                 chunks.setdefault(name + suffix, []).append(values.cpu())

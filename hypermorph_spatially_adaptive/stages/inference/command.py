@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(parser, split="test")
     add_run_args(parser, out="runs/default/inference")
     group = parser.add_argument_group("models and parameters")
-    add_model_arg(group, "spatial", "for the methods tissue_population, tissue_subject and literature", alias=True)
+    add_model_arg(group, "spatial", "for the methods tissue_population, tissue_subject and literature; a model "
+                  "with 'tissue' or 'maps' conditioning (train_hypermorph_spatial.py --conditioning) needs the fixed "
+                  "labels of every pair (--fixed-labels with explicit files), the paper's 'vector' none", alias=True)
     add_model_arg(group, "global", "for the method global")
     group.add_argument("--parameters", default="runs/default/identification/parameters.csv",
                        help="parameters.csv written by parameter_identification.py")
@@ -38,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     files = parser.add_argument_group("explicit files (instead of a dataset split)")
     files.add_argument("--fixed", default=None, help="fixed image (NIfTI); the outputs live on its grid")
     files.add_argument("--moving", default=None, help="moving image (NIfTI)")
-    files.add_argument("--fixed-labels", default=None, help="fixed label map, for Dice/HD95 (with --moving-labels)")
+    files.add_argument("--fixed-labels", default=None,
+                       help="fixed label map: places the classes' values for a 'tissue' or 'maps' spatial model "
+                            "(required there), and scores Dice/HD95 with --moving-labels")
     files.add_argument("--moving-labels", default=None, help="moving label map (on the moving image's grid)")
     files.add_argument("--fixed-keypoints", default=None, help="fixed keypoints CSV (voxels, no header), for TRE")
     files.add_argument("--moving-keypoints", default=None, help="moving keypoints CSV (voxels of the moving image)")

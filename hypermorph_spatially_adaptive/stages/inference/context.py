@@ -109,6 +109,21 @@ def _open_pairs(args: argparse.Namespace, models: dict) -> tuple[Any, dict | Non
     return None, item
 
 
+def _check_labels_for_the_spatial_model(args: argparse.Namespace, models: dict, dataset: Any,
+                                        explicit_item: dict | None) -> None:
+    """A spatial model with ``maps`` or ``tissue`` conditioning places each class's values by the fixed labels, so
+    every pair must have them (the paper's ``vector`` variant needs none)."""
+    if "spatial" not in models or not models["spatial"][0].needs_labels:
+        return
+    model, info = models["spatial"]
+    why = (f"--spatial-model {info.path} uses {model.conditioning!r} conditioning, which places each class's "
+           f"parameters by the fixed image's labels (a 'vector' model, the paper's variant, needs none)")
+    if explicit_item is not None and "fixed_labels" not in explicit_item:
+        raise ValueError(f"--fixed-labels is required: {why}")
+    if dataset is not None and len(dataset) and "fixed_labels" not in dataset[0]:
+        raise ValueError(f"--dataset {args.dataset}: its pairs have no fixed labels; {why}")
+
+
 def _check_scopes(table: ParameterTable, methods: list[str], population_scope: str, pair_ids: list[str],
                   source: str) -> None:
     needed = {}
@@ -138,6 +153,7 @@ def prepare(args: argparse.Namespace) -> StageContext:
             where = f"--dataset {args.dataset}" if dataset is not None else f"--fixed {args.fixed}"
             raise ValueError(f"{flag} {info.path}: a {model.ndim}D model cannot register the {data_ndim}D images of "
                              f"{where}")
+    _check_labels_for_the_spatial_model(args, models, dataset, explicit_item)
     reference = _reference_classes(models, dataset)
     if dataset is not None and reference is not None and tuple(dataset.class_names) != tuple(reference):
         raise ValueError(f"--dataset {args.dataset}: classes {list(dataset.class_names)} do not match the classes "

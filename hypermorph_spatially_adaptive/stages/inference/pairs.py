@@ -3,8 +3,9 @@
 Methods (:data:`METHODS`): ``global`` (the global model at the ``global`` scope of ``parameters.csv``),
 ``tissue_population`` (the spatial model with the ``population`` vector, or ``population_refined``),
 ``tissue_subject`` (the spatial model with the pair's own rows, else the population vector) and ``literature``
-(the spatial model at one given (lam, mu) for every class, or a given vector). The networks see only the two images
-and the parameter vector; labels and keypoints are used for scoring only. Output files of a pair, on the fixed grid
+(the spatial model at one given (lam, mu) for every class, or a given vector). The networks see the two images and
+the parameter vector, and a spatial model with ``maps`` or ``tissue`` conditioning also the fixed labels, which place
+each class's values; otherwise labels and keypoints are used for scoring only. Output files of a pair, on the fixed grid
 with its affine, in ``OUT/<method>/``: ``warped_<stem>``, ``warped_labels_<stem>`` (with labels), ``disp_<stem>``
 (Learn2Reg ``[*S, ndim]``, voxels) and ``jacdet_<stem>`` ``.nii.gz`` (:func:`output_paths`).
 """
@@ -73,9 +74,15 @@ def register(model: HyperVxmDense, item: dict[str, Any], hyper: torch.Tensor,
     spent in the forward pass and integration (CUDA synchronised before and after)."""
     moving, fixed = item["moving"][None].to(device), item["fixed"][None].to(device)
     hyper = hyper.to(device)
+    labels = None
+    if getattr(model, "needs_labels", False):
+        if "fixed_labels" not in item:
+            raise ValueError(f"pair {item['pair_id']}: the spatial model (conditioning {model.conditioning!r}) needs "
+                             f"the fixed image's labels, and this pair has none")
+        labels = item["fixed_labels"][None].to(device)
     _synchronize(device)
     start = time.perf_counter()
-    output = model(moving, fixed, hyper)
+    output = model(moving, fixed, hyper, labels)
     _synchronize(device)
     return output.warped, output.displacement, time.perf_counter() - start
 

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from ...core.hyperparams import REGULARIZERS
 from ...core.objective import CLASS_SAMPLING
+from ...models.conditioning import CONDITIONINGS
 from ..cli import HelpFormatter, add_data_args, add_run_args, run_stage
 from .stage import LR_SCHEDULES, MODEL_TYPES, TrainingError, train
 
@@ -27,7 +28,9 @@ def build_parser(model_type: str) -> argparse.ArgumentParser:
     group.add_argument("--regularizer", choices=REGULARIZERS, default="elastic",
                        help="elastic (lambda, mu) or the diffusion baseline (one weight h)")
     group.add_argument("--epochs", type=int, default=100, help="passes over the training split")
-    group.add_argument("--steps", type=int, default=None, help="total optimisation steps (overrides --epochs)")
+    group.add_argument("--steps", type=int, default=None,
+                       help="total optimisation steps (overrides --epochs); 0 with --init-from writes the warm-started "
+                            "model without training it")
     group.add_argument("--batch-size", type=int, default=1)
     group.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
     group.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
@@ -48,6 +51,12 @@ def build_parser(model_type: str) -> argparse.ArgumentParser:
     if model_type == "spatial":
         group.add_argument("--label-source", choices=("fixed", "moving"), default="fixed",
                            help="labels that build the voxelwise Lame maps (the field lives on the fixed grid)")
+        group.add_argument("--conditioning", choices=CONDITIONINGS, default="tissue",
+                           help="how the per-class values reach their voxels: tissue (each voxel convolved with "
+                                "kernels generated from its own class's values; needs the fixed labels, also at "
+                                "inference), maps (the paper's network plus the voxelwise lam/mu maps as input "
+                                "channels; needs the labels) or vector (the paper: kernels from the whole vector, "
+                                "shared by every voxel)")
         group.add_argument("--class-sampling", choices=CLASS_SAMPLING, default="independent",
                            help="independent: each class's parameters drawn on its own (the paper); mixed: a random "
                                 "blend of one shared draw and the independent ones, so nearly class-constant "
@@ -55,7 +64,8 @@ def build_parser(model_type: str) -> argparse.ArgumentParser:
         group.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                            help="start from a trained global elastic model, a checkpoint or a training run folder "
                                 "(its widths replace the width flags): class-constant parameters then reproduce it "
-                                "exactly")
+                                "exactly; with --conditioning tissue every tissue starts with the global model's "
+                                "kernels for its own values")
     val = parser.add_argument_group("validation")
     val.add_argument("--val-split", default=None,
                      help="split for validation, 'none' to skip (default: 'val', skipped with a notice when the "

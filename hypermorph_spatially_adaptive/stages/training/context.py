@@ -39,8 +39,8 @@ def _check_options(args: argparse.Namespace) -> None:
     positive = {"--batch-size": args.batch_size, "--lr": args.lr, "--epochs": args.epochs,
                 "--ncc-window": args.ncc_window, "--checkpoint-every": args.checkpoint_every,
                 "--log-every": args.log_every, "--val-every": args.val_every}
-    if args.steps is not None:
-        positive["--steps"] = args.steps
+    if args.steps is not None and not (args.steps == 0 and getattr(args, "init_from", None)):
+        positive["--steps"] = args.steps  # 0 only with --init-from: the warm-started model, untrained
     for flag, value in positive.items():
         if not value > 0:
             raise ValueError(f"{flag} must be positive, got {value}")
@@ -92,7 +92,9 @@ def prepare(args: argparse.Namespace) -> StageContext:
         model = HyperVxmDense(inshape, nb_hyp_params(args.regularizer, num_classes),
                               enc_features=tuple(args.enc_features), dec_features=tuple(args.dec_features),
                               int_steps=args.int_steps, hyper_layers=args.hyper_layers,
-                              hyper_units=args.hyper_units, regularizer=args.regularizer, class_names=class_names)
+                              hyper_units=args.hyper_units, regularizer=args.regularizer,
+                              class_names=class_names,
+                              conditioning=getattr(args, "conditioning", "vector"))
     return StageContext(args, Path(args.out), device, distributed, train_set, val_set, class_names, num_classes,
                         spacing, model.to(device))
 
@@ -130,7 +132,7 @@ def _warm_start(args: argparse.Namespace, class_names: Sequence[str]) -> HyperVx
     args.enc_features, args.dec_features = config["enc_features"], config["dec_features"]
     args.int_steps, args.hyper_layers, args.hyper_units = (config["int_steps"], config["hyper_layers"],
                                                            config["hyper_units"])
-    return spatial_from_global(global_model, len(class_names), class_names)
+    return spatial_from_global(global_model, len(class_names), class_names, conditioning=args.conditioning)
 
 
 def run_info(ctx: StageContext) -> dict[str, Any]:
@@ -138,4 +140,5 @@ def run_info(ctx: StageContext) -> dict[str, Any]:
     return {"options": vars(ctx.args).copy(), "model_type": ctx.args.model_type,
             "regularizer": ctx.args.regularizer, "class_names": list(ctx.class_names),
             "num_classes": ctx.num_classes, "dataset": ctx.args.dataset, "spacing": list(ctx.spacing),
-            "inshape": list(ctx.model.config["inshape"]), "ncc_window": ctx.args.ncc_window}
+            "inshape": list(ctx.model.config["inshape"]), "ncc_window": ctx.args.ncc_window,
+            "conditioning": ctx.model.conditioning}

@@ -12,7 +12,7 @@ import csv
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ...core.objective import constant_hyperparams, sample_training_hyperparams
 from ...data.registry import collate_pairs
+from ...evaluation.locality import measure_locality
 from ...evaluation.pair_metrics import nanmean, pair_metrics
 from ...files import atomic_write_json
 from ...models.checkpoints import (RUN_CHECKPOINT, hyper_model_config, read_checkpoint, save_checkpoint,
@@ -29,9 +30,12 @@ from ..cli import write_config
 from .context import StageContext, common_spacing, prepare, run_info
 from .step import LossOptions, check_batch, training_network, training_step
 
-__all__ = ["MODEL_TYPES", "LR_SCHEDULES", "LOG_COLUMNS", "TrainingError", "scheduled_lr", "validate", "train"]
+__all__ = ["MODEL_TYPES", "LR_SCHEDULES", "LOG_COLUMNS", "TrainingError", "scheduled_lr", "log_columns",
+           "validate", "train"]
 
 MODEL_TYPES = ("global", "spatial")
+#: Columns of every ``train_log.csv``; a spatial model's log adds ``val_locality_<class>`` and
+#: ``val_leakage_<class>`` per foreground class (:func:`log_columns`).
 LOG_COLUMNS = ("step", "epoch", "loss", "similarity", "regularization", "val_dice", "val_tre_mm",
                "val_folding_percent", "time_s")
 LR_SCHEDULES = ("constant", "cosine")
@@ -71,28 +75,46 @@ def _validation_hyper(ctx: StageContext) -> torch.Tensor:
     return constant_hyperparams(values, ctx.num_classes, device=ctx.device)
 
 
+def log_columns(ctx: StageContext) -> tuple[str, ...]:
+    """The columns of this run's ``train_log.csv``: :data:`LOG_COLUMNS`, and for a spatial model the locality and
+    leakage of every foreground class (measured at each validation)."""
+    if ctx.num_classes < 2:
+        return LOG_COLUMNS
+    foreground = ctx.class_names[1:]
+    extra = [f"val_locality_{name}" for name in foreground] + [f"val_leakage_{name}" for name in foreground]
+    return LOG_COLUMNS[:-1] + tuple(extra) + LOG_COLUMNS[-1:]
+
+
 @torch.no_grad()
 def validate(ctx: StageContext) -> dict[str, float]:
-    """Mean Dice (foreground), TRE (mm) and folding (%) over the validation pairs at the fixed parameters."""
+    """Mean Dice (foreground), TRE (mm) and folding (%) over the validation pairs at the fixed parameters, as
+    ``val_dice``, ``val_tre_mm``, ``val_folding_percent``; a spatial model adds its locality and leakage per class
+    (:func:`~...evaluation.locality.measure_locality`, labels from ``--label-source``)."""
     ctx.model.eval()
     hyper = _validation_hyper(ctx)
     limit = ctx.args.val_max_pairs
-    pairs = range(len(ctx.val_set) if limit is None else min(limit, len(ctx.val_set)))
+    items = [ctx.val_set[index] for index in range(len(ctx.val_set) if limit is None else min(limit, len(ctx.val_set)))]
+    label_key = f"{getattr(ctx.args, 'label_source', 'fixed')}_labels"
     scores = []
-    for index in pairs:
-        item = ctx.val_set[index]
+    for item in items:
         moving, fixed = item["moving"][None].to(ctx.device), item["fixed"][None].to(ctx.device)
-        output = ctx.model(moving, fixed, hyper)
+        labels = item[label_key][None].to(ctx.device) if ctx.num_classes > 1 else None
+        output = ctx.model(moving, fixed, hyper, labels)
         scores.append(pair_metrics(output.displacement, item, ctx.class_names))
+    result = {f"val_{name}": nanmean([s[key] for s in scores])
+              for name, key in (("dice", "dice_mean"), ("tre_mm", "tre_mm"), ("folding_percent", "folding_percent"))}
+    if ctx.num_classes > 1:
+        located = [{**item, "fixed_labels": item[label_key]} for item in items]
+        result.update(measure_locality(ctx.model, located, ctx.class_names).columns("val_"))
     ctx.model.train()
-    return {key: nanmean([s[key] for s in scores]) for key in ("dice_mean", "tre_mm", "folding_percent")}
+    return result
 
 
 class _TrainLog:
     """Append-only ``train_log.csv``; on resume, rows past the resumed step are dropped."""
 
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
+    def __init__(self, path: Path, resume_step: int | None, columns: Sequence[str]):
+        self.path, self.columns = path, tuple(columns)
         if resume_step is not None and path.exists():
             with path.open(newline="") as handle:
                 rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= resume_step]
@@ -102,14 +124,31 @@ class _TrainLog:
 
     def _rewrite(self, rows: list[dict]) -> None:
         with self.path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, LOG_COLUMNS)
+            writer = csv.DictWriter(handle, self.columns)
             writer.writeheader()
             writer.writerows(rows)
 
     def append(self, **row: Any) -> None:
         with self.path.open("a", newline="") as handle:
-            csv.DictWriter(handle, LOG_COLUMNS).writerow(
+            csv.DictWriter(handle, self.columns).writerow(
                 {key: (f"{value:.6g}" if isinstance(value, float) else value) for key, value in row.items()})
+
+
+def _validate_and_keep_best(ctx: StageContext, optimizer: torch.optim.Optimizer, step: int, epoch: int, best: float,
+                            row: dict[str, Any], progress: tqdm) -> float:
+    """Validate, add the scores to the log ``row``, write ``best.pt`` when the score improves; the best score."""
+    scores = validate(ctx)
+    row.update(scores)
+    locality = [value for key, value in scores.items() if key.startswith("val_locality_")]
+    progress.write(f"step {step}: val Dice {scores['val_dice']:.4f}, TRE {scores['val_tre_mm']:.3f} mm, folding "
+                   f"{scores['val_folding_percent']:.3f}%"
+                   + (f", locality {min(locality):.2f}-{max(locality):.2f}" if locality else ""))
+    # Higher Dice is better; without labels fall back to lower TRE.
+    score = scores["val_dice"] if not math.isnan(scores["val_dice"]) else -scores["val_tre_mm"]
+    if not math.isnan(score) and score > best:
+        best = score
+        save_checkpoint(_checkpoint(ctx, optimizer, step, epoch, best), ctx.out / "checkpoints" / "best.pt")
+    return best
 
 
 def _load_resume(ctx: StageContext, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
@@ -168,7 +207,8 @@ def train(args: argparse.Namespace) -> Path:
     start_step, best = (_load_resume(ctx, optimizer) if args.resume else (0, -math.inf))
     if distributed.is_main:
         write_config(ctx.out, args, **{k: v for k, v in run_info(ctx).items() if k != "options"})
-    log = _TrainLog(ctx.out / "train_log.csv", start_step if args.resume else None) if distributed.is_main else None
+    log = (_TrainLog(ctx.out / "train_log.csv", start_step if args.resume else None, log_columns(ctx))
+           if distributed.is_main else None)
 
     sampler = _ResumableSampler(ctx.train_set, num_replicas=distributed.world_size, rank=distributed.rank,
                                 shuffle=True, seed=args.seed, drop_last=True)
@@ -220,16 +260,8 @@ def train(args: argparse.Namespace) -> Path:
                 row = dict(step=step, epoch=epoch, loss=loss_value, similarity=similarity,
                            regularization=regularization)
             if distributed.is_main and ctx.val_set is not None and (step % args.val_every == 0 or last):
-                scores = validate(ctx)
-                row.update(step=step, epoch=epoch, val_dice=scores["dice_mean"], val_tre_mm=scores["tre_mm"],
-                           val_folding_percent=scores["folding_percent"])
-                progress.write(f"step {step}: val Dice {scores['dice_mean']:.4f}, TRE {scores['tre_mm']:.3f} mm, "
-                               f"folding {scores['folding_percent']:.3f}%")
-                # Higher Dice is better; without labels fall back to lower TRE.
-                score = scores["dice_mean"] if not math.isnan(scores["dice_mean"]) else -scores["tre_mm"]
-                if not math.isnan(score) and score > best:
-                    best = score
-                    save_checkpoint(_checkpoint(ctx, optimizer, step, epoch, best), checkpoints / "best.pt")
+                row.update(step=step, epoch=epoch)
+                best = _validate_and_keep_best(ctx, optimizer, step, epoch, best, row, progress)
             if row:
                 log.append(**row, time_s=time.perf_counter() - started)
             if distributed.is_main and (step % args.checkpoint_every == 0 or last):
@@ -237,6 +269,13 @@ def train(args: argparse.Namespace) -> Path:
             if last:
                 break
     progress.close()
+    if total_steps == 0 and distributed.is_main:
+        # --steps 0 (with --init-from): the warm-started model is the result, validated once.
+        row = dict(step=0, epoch=0)
+        if ctx.val_set is not None:
+            best = _validate_and_keep_best(ctx, optimizer, 0, 0, best, row, progress)
+        log.append(**row, time_s=time.perf_counter() - started)
+        save_checkpoint(_checkpoint(ctx, optimizer, 0, 0, best), checkpoints / "last.pt")
     if distributed.enabled:
         divergence = _replica_divergence(ctx.model, distributed)
         if distributed.is_main:

@@ -65,11 +65,13 @@ def training_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer, ba
                   autocast: AbstractContextManager) -> tuple[float, float, float]:
     """Forward, loss, backward and optimizer step on a checked batch already on the device.
 
-    ``hyper`` ``[B, P]`` on the device; ``spacing`` (mm) of the batch. Returns ``(loss, similarity,
+    ``hyper`` ``[B, P]`` on the device; ``spacing`` (mm) of the batch. A spatial model also gets the labels that
+    make the Lame maps (models that do not need them ignore them). Returns ``(loss, similarity,
     regularization)`` as floats; when the loss is not finite the weights are left unchanged (the caller stops).
     """
+    labels = batch.get(options.label_key) if options.num_classes > 1 else None
     with autocast:
-        output = network(batch["moving"], batch["fixed"], hyper)
+        output = network(batch["moving"], batch["fixed"], hyper, labels)
     terms = registration_loss(batch["fixed"], output.warped.float(), output.velocity.float(), hyper,
                               regularizer=options.regularizer, num_classes=options.num_classes,
                               labels=batch.get(options.label_key), spacing=spacing, ncc_window=options.ncc_window,
