@@ -29,7 +29,8 @@ from hypermorph_spatially_adaptive.files import atomic_write_text  # noqa: E402
 from hypermorph_spatially_adaptive.runtime import resolve_device  # noqa: E402
 
 __all__ = ["RENDERERS", "benchmark_scripts", "results_file", "render_regularizers", "render_model", "render_scaling",
-           "render_identification", "render_inference", "render_training_step", "render_report", "main"]
+           "render_identification", "render_inference", "render_training_step", "render_locality", "render_report",
+           "main"]
 
 BENCH_DIR = ROOT / "benchmarks"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -55,6 +56,8 @@ What is measured:
 - **Inference** (`bench_inference.py`): time per pair (forward + integration) and metric computation.
 - **Training step** (`bench_training_step.py`): steps per second of the training loop's step at the demo's 2D
   settings, global and spatial model, optionally against a reference measurement (e.g. an earlier commit).
+- **Locality** (`bench_locality.py`): how locally each spatial-model variant's per-class parameters act (strain-based
+  locality near 1, leakage near 0), every variant trained for the same budget on the demo's phantom.
 
 All timings are wall time on a possibly shared machine: the machine table gives the load average when each
 benchmark started. A results file `<name>_cuda.json` holds the same benchmark on a GPU (`run_all.py --device
@@ -236,6 +239,20 @@ def render_training_step(data: dict) -> str:
     return text + "".join(f"\n\n{note}." for note in notes)
 
 
+def render_locality(data: dict) -> str:
+    """``locality.json``: locality and leakage per class of every variant, its EPE at the control vector, its steps."""
+    results = data.get("results", [])
+    if not results:
+        return "No variants measured."
+    names = results[0]["class_names"]
+    rows = [[r["variant"], *r["locality"], *r["leakage"], r["control_epe_mm"], r["steps"]] for r in results]
+    headers = ["variant", *(f"locality {n}" for n in names), *(f"leakage {n}" for n in names), "EPE at control (mm)",
+               "steps"]
+    return (f"Demo phantom {data.get('size')} px, {data.get('pairs')} validation pairs, global model "
+            f"{data.get('global_steps')} steps, spatial budget {data.get('steps')} steps:\n\n"
+            + markdown_table(headers, rows, digits=(0, *([2] * (2 * len(names))), 3, 0)))
+
+
 RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "regularizers.json": ("Regularizer: fast against the straightforward formulation", render_regularizers),
     "model.json": ("Model step: hypernetwork against plain U-Net", render_model),
@@ -243,6 +260,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "identification.json": ("Parameter identification: batched against unbatched", render_identification),
     "inference.json": ("Inference per pair", render_inference),
     "training_step.json": ("Training steps per second", render_training_step),
+    "locality.json": ("Locality of the spatial-model variants", render_locality),
 }
 
 

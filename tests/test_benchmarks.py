@@ -229,3 +229,12 @@ def test_training_step_renderer_tables_each_run_with_its_synchronisations():
     assert _table_rows(text, "after")[0][1:] == ["global", "20.0", "50.00", "15.0", "4"]
     assert _table_rows(text, "before")[0][-1] == "21"
     assert "a note." in text and "an earlier commit." in text
+
+
+def test_locality_report_lists_every_variant_with_its_classes():
+    data = {"size": 64, "pairs": 8, "global_steps": 2000, "steps": 1000,
+            "results": [{"variant": "tissue, warm start, no training (recommended)", "class_names": ["lung", "bone"],
+                         "locality": [0.93, 0.64], "leakage": [0.27, 0.12], "control_epe_mm": 0.412, "steps": 0}]}
+    text = run_all.render_locality(data)
+    assert "| tissue, warm start, no training (recommended) | 0.93 | 0.64 | 0.27 | 0.12 | 0.412 | 0 |" in text
+    assert "locality bone" in text and "leakage lung" in text

@@ -16,7 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "hypermorph_spatially_adaptive"
 SCRIPTS = ("hypermorph-train-global", "hypermorph-train-spatial", "hypermorph-identify", "hypermorph-infer",
-           "hypermorph-phantom", "hypermorph-demo", "hypermorph-locality")
+           "hypermorph-phantom", "hypermorph-demo", "hypermorph-locality", "hypermorph-study")
 
 
 def _names(requirements: list[str]) -> set[str]:

@@ -1,0 +1,88 @@
+"""The study runner (``study.py``, ``hypermorph-study``): seeds x spatial variants on the phantom, aggregated with
+95% intervals and paired tests against the global model and the control, written to a markdown report.
+
+    python study.py                          # the quick CPU preset: 3 seeds, about 20 minutes on 2 cores
+    python study.py --preset gpu --jobs 1    # 5 seeds at 128 px with longer training, for one GPU
+    python study.py --report-only            # rewrite the report from finished runs
+
+Runs live under ``--out`` and resume: a rerun skips every finished stage. The report goes to ``--report``
+(default ``docs/STUDY.md``) with its figures in a folder beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+from ...runtime import resolve_device
+from ..cli import HelpFormatter, write_config
+from .aggregate import collect
+from .presets import DEV_SEED, PRESETS, VARIANTS
+from .report import write_report
+from .runner import run_seed
+
+__all__ = ["build_parser", "run_study", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="data size, budget and seeds")
+    parser.add_argument("--out", default="runs/study", help="folder of the runs (one sub-folder per preset and seed)")
+    parser.add_argument("--report", default="docs/STUDY.md", help="markdown report (figures go beside it)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to run (default: the preset's)")
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS),
+                        help="spatial-model variants to compare")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="seeds run at once, each in its own process with cores / jobs threads "
+                             "(default: the preset's; use 1 on a GPU)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--report-only", action="store_true", help="aggregate finished runs, run nothing")
+    return parser
+
+
+def run_study(args: argparse.Namespace) -> Path:
+    """Run (or resume) every seed, then aggregate and write the report; return the report's path."""
+    settings = dict(PRESETS[args.preset])
+    seeds = tuple(args.seeds or settings["seeds"])
+    if DEV_SEED in seeds:
+        raise SystemExit(f"study: seed {DEV_SEED} chose the settings and cannot be reported; choose other --seeds")
+    jobs = args.jobs or settings["jobs"]
+    if jobs < 1:
+        raise SystemExit(f"study: --jobs must be >= 1, got {jobs}")
+    out = Path(args.out) / args.preset
+    started = time.perf_counter()
+    if not args.report_only:
+        device = str(resolve_device(args.device))
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out, args, settings=settings, seeds=list(seeds))
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        if jobs == 1:
+            for seed in seeds:
+                run_seed(out, seed, settings, args.variants, device)
+        else:
+            # Separate processes (spawned: no inherited thread pools) with a share of the cores each.
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(run_seed, out, seed, settings, args.variants, device, threads)
+                           for seed in seeds]
+                for future in futures:
+                    future.result()
+    runtime = None if args.report_only else time.perf_counter() - started
+    if runtime is not None:
+        (out / "runtime.json").write_text(json.dumps({"seconds": runtime, "jobs": jobs}))
+    elif (out / "runtime.json").is_file():
+        runtime = json.loads((out / "runtime.json").read_text())["seconds"]
+    data = collect(out, seeds, args.variants)
+    report = write_report(out, data, Path(args.report), args.preset, settings, runtime)
+    print(report.read_text())
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``study.py`` and ``hypermorph-study``."""
+    run_study(build_parser().parse_args(argv))
+    return 0

@@ -1,0 +1,248 @@
+"""The study's report: ``STUDY.md`` with its tables and a plain reading of them, and its figures.
+
+Every number comes from :mod:`.aggregate`; a difference is called a gain or a loss only when its 95% interval
+excludes zero, otherwise "not resolved".
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen before pyplot is imported)
+import numpy as np  # noqa: E402
+
+from ...data import get_dataset  # noqa: E402
+from ...data.nifti_io import read_displacement  # noqa: E402
+from ...evaluation.bootstrap import Estimate  # noqa: E402
+from ...files import atomic_write, atomic_write_text  # noqa: E402
+from .aggregate import StudyData, difference, estimate, locality_estimate, stiffness  # noqa: E402
+from .presets import CONTROL, DEV_SEED, GLOBAL, METHOD_LABELS, VARIANTS  # noqa: E402
+from .runner import seed_folder  # noqa: E402
+
+__all__ = ["write_report"]
+
+TISSUE_METHODS = ("tissue_population", "tissue_subject", "oracle_identification", "oracle_model")
+LOCALITY_TARGET, LEAKAGE_TARGET = 0.5, 0.5
+
+
+def _ci(e: Estimate, digits: int = 3) -> str:
+    if math.isnan(e.mean):
+        return "-"
+    return f"{e.mean:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
+
+
+def _signed(e: Estimate, digits: int = 3) -> str:
+    if math.isnan(e.mean):
+        return "-"
+    p = "" if e.p_value is None or math.isnan(e.p_value) else f", p={e.p_value:.2g}"
+    return f"{e.mean:+.{digits}f} [{e.low:+.{digits}f}, {e.high:+.{digits}f}] ({e.improved}/{e.n}{p})"
+
+
+def _verdict(e: Estimate) -> str:
+    if math.isnan(e.mean) or not e.excludes_zero():
+        return "not resolved"
+    return "lower" if e.mean < 0 else "higher"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows), ""]
+
+
+def _save(figure: plt.Figure, path: Path) -> str:
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    plt.close(figure)
+    return path.name
+
+
+def _bar_figure(data: StudyData, metric: str, title: str, path: Path, truth: str | None = None) -> str:
+    foreground = data.class_names[1:]
+    figure, axes = plt.subplots(1, len(data.variants), figsize=(6.5 * len(data.variants), 3.8), squeeze=False)
+    for axis, variant in zip(axes[0], data.variants):
+        methods = data.methods(variant) + ([truth] if truth else [])
+        width = 0.8 / len(methods)
+        for k, method in enumerate(methods):
+            key = (lambda name: f"gt_{metric}_{name}") if method == truth else (lambda name: f"{metric}_{name}")
+            source = GLOBAL if method == truth else method
+            values = [estimate(data, variant, source, key(name)) for name in foreground]
+            x = np.arange(len(foreground)) + (k - (len(methods) - 1) / 2) * width
+            means = np.array([v.mean for v in values])
+            errors = np.array([[v.mean - v.low for v in values], [v.high - v.mean for v in values]])
+            axis.bar(x, means, width, yerr=errors, capsize=2, label=method if method != truth else "true field")
+        axis.set_xticks(np.arange(len(foreground)), foreground)
+        axis.set_title(f"{variant}: {title}")
+    axes[0][0].legend(fontsize=7)
+    return _save(figure, path)
+
+
+def _locality_figure(data: StudyData, path: Path) -> str:
+    foreground = data.class_names[1:]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    width = 0.8 / len(data.variants)
+    for which, (axis, title, target) in enumerate(zip(axes, ("locality (near 1)", "leakage (near 0)"),
+                                                      (LOCALITY_TARGET, LEAKAGE_TARGET))):
+        for k, variant in enumerate(data.variants):
+            values = [locality_estimate(data, variant, name, which) for name in foreground]
+            x = np.arange(len(foreground)) + (k - (len(data.variants) - 1) / 2) * width
+            errors = np.array([[v.mean - v.low for v in values], [v.high - v.mean for v in values]])
+            axis.bar(x, [v.mean for v in values], width, yerr=errors, capsize=2, label=variant)
+        axis.axhline(target, color="gray", linestyle="--", linewidth=1)
+        axis.set_xticks(np.arange(len(foreground)), foreground)
+        axis.set_title(title)
+    axes[0].legend(fontsize=8)
+    return _save(figure, path)
+
+
+def _error_map_figure(out: Path, data: StudyData, variant: str, path: Path) -> str | None:
+    """|u - u_true| (mm) of the first test pair of the first seed for every method that saved its field."""
+    seed = data.seeds[0]
+    dataset = get_dataset("phantom", seed_folder(out, seed) / "data", "test")
+    item = dataset[0]
+    stem = item["pair_id"]
+    folders = {GLOBAL: "global", "tissue_population": "tissue_population", CONTROL: "literature",
+               "oracle_model": "tissue_oracle"}
+    fields = {}
+    for method, name in folders.items():
+        files = list((seed_folder(out, seed) / variant / "inference" / name).glob(f"disp_{stem}*.nii.gz"))
+        if files:
+            fields[method] = read_displacement(files[0])[0]
+    if not fields or item["fixed"].dim() != 3:
+        return None
+    spacing = item["spacing"].double().view(-1, 1, 1)
+    truth = item["gt_displacement"].double()
+    figure, axes = plt.subplots(1, len(fields) + 1, figsize=(3.2 * (len(fields) + 1), 3.4))
+    axes[0].imshow(item["fixed"][0].T, cmap="gray", origin="lower")
+    axes[0].set_title(f"fixed (pair {stem})")
+    for axis, (method, field) in zip(axes[1:], fields.items()):
+        error = ((field.double() - truth) * spacing).norm(dim=0)
+        shown = axis.imshow(error.T, cmap="magma", origin="lower", vmin=0, vmax=2.0)
+        axis.set_title(f"{method}\nmean {float(error.mean()):.3f} mm", fontsize=8)
+    for axis in axes:
+        axis.set_axis_off()
+    figure.colorbar(shown, ax=axes, fraction=0.02, label="|u - u_true| (mm)")
+    return _save(figure, path)
+
+
+def write_report(out: Path, data: StudyData, report: Path, preset: str, settings: dict[str, Any],
+                 runtime_s: float | None = None) -> Path:
+    """Write ``report`` (markdown) and its figures beside it (``<stem>_*.png``)."""
+    report = Path(report)
+    figures = report.parent / f"{report.stem.lower()}_figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    foreground = data.class_names[1:]
+    seeds = ", ".join(map(str, data.seeds))
+    pairs = settings["test"]
+    lines = ["# Study: tissue-specific elastic regularization on the phantom", "",
+             f"Generated by `python study.py --preset {preset}`"
+             + (f" in {runtime_s / 60:.1f} minutes" if runtime_s else "") + ". Every number below is measured; "
+             "rerunning the command reproduces the table (the runs resume).", "",
+             "## Setup", "",
+             f"- Data: the synthetic phantom ({settings['ndim']}D, {settings['size']} px per axis, "
+             f"{settings['subjects']} subjects: {settings['subjects'] - settings['val'] - settings['test']} train, "
+             f"{settings['val']} validation, {settings['test']} test), whose true displacement solves linear "
+             "elasticity with bone >> liver > soft tissue > lung.",
+             f"- Seeds {seeds}: each seed has its own phantom and its own trained models; results pool their test "
+             f"pairs ({pairs} per seed). Settings were chosen on seed {DEV_SEED} (the demo's phantom) and its "
+             "validation pairs only; no reported seed or test pair was used to choose anything.",
+             f"- Global model: {settings['global_steps']} steps, batch {settings['batch_size']}, lr {settings['lr']} "
+             f"(cosine), encoder {settings['enc_features']}, decoder {settings['dec_features']}, hypernetwork "
+             f"{settings['hyper_layers']} x {settings['hyper_units']}.",
+             "- Spatial variants:"]
+    for name in data.variants:
+        variant = VARIANTS[name]
+        steps = settings["paper_steps"] if variant.steps is None else variant.steps
+        lines.append(f"  - `{name}` (`--conditioning {variant.conditioning}`, {steps} steps"
+                     f"{', warm start from the global model' if variant.warm_start else ', from scratch'}): "
+                     f"{variant.description}.")
+    lines += ["- Methods:", *(f"  - `{m}`: {label}." for m, label in METHOD_LABELS.items()),
+              "- Intervals: 95% two-stage bootstrap over seeds and pairs (4000 resamples). Differences are paired "
+              "per test pair; (k/n) counts the pairs where the method is lower (better); p is the two-sided "
+              "Wilcoxon signed-rank test over all pairs. A difference is called a gain or a loss only when its "
+              "interval excludes 0.", ""]
+
+    lines += ["## Locality (test pairs)", "",
+              "Strain-based locality (near 1: a class's own parameters do inside it what raising every class does) "
+              f"and leakage (near 0: they act nowhere else), base (0.05, 0.05), raised (0.45, 0.45); mean over seeds "
+              f"[interval over seeds]. Target: locality >= {LOCALITY_TARGET} and leakage <= {LEAKAGE_TARGET} for "
+              "every foreground class.", ""]
+    rows = []
+    for variant in data.variants:
+        for which, name in ((0, "locality"), (1, "leakage")):
+            rows.append([variant, name, *(_ci(locality_estimate(data, variant, c, which), 2) for c in foreground)])
+    lines += _table(["variant", "measure", *foreground], rows)
+    lines.append(f"![locality and leakage per class]({figures.name}/{_locality_figure(data, figures / 'locality.png')})")
+    lines.append("")
+
+    lines += ["## Registration accuracy (test pairs)", "",
+              "End-point error against the true displacement (foreground voxels) and keypoint TRE, mean [95% CI].", ""]
+    for variant in data.variants:
+        rows = [[f"`{m}`", _ci(estimate(data, variant, m, "epe_mm")), _ci(estimate(data, variant, m, "tre_mm"))]
+                for m in data.methods(variant)]
+        lines += [f"### {variant}", "", *_table(["method", "EPE (mm)", "TRE (mm)"], rows)]
+        rows = []
+        for method in TISSUE_METHODS:
+            if method not in data.methods(variant):
+                continue
+            row = [f"`{method}`"]
+            for baseline in (GLOBAL, CONTROL):
+                for metric in ("epe_mm", "tre_mm"):
+                    row.append(_signed(difference(data, variant, method, baseline, metric)))
+            rows.append(row)
+        lines += ["Paired differences (method - baseline; negative is better):", "",
+                  *_table(["method", "EPE vs global", "TRE vs global", "EPE vs control", "TRE vs control"], rows)]
+
+    lines += ["## Per tissue (test pairs)", ""]
+    for variant in data.variants:
+        rows = [[f"`{m}`", *(_ci(estimate(data, variant, m, f"epe_{c}")) for c in foreground)]
+                for m in data.methods(variant)]
+        lines += [f"EPE (mm) per tissue, {variant}:", "", *_table(["method", *foreground], rows)]
+        rows = [[f"`{m}`", *(_ci(estimate(data, variant, m, f"strain_{c}"), 4) for c in foreground)]
+                for m in data.methods(variant)]
+        rows.append(["true field", *(_ci(estimate(data, variant, GLOBAL, f"gt_strain_{c}"), 4) for c in foreground)])
+        lines += [f"Mean strain |sym grad u| per tissue, {variant}:", "", *_table(["method", *foreground], rows)]
+    name = _bar_figure(data, "epe", "EPE per tissue (mm)", figures / "epe_per_tissue.png")
+    lines += [f"![EPE per tissue]({figures.name}/{name})", ""]
+    name = _bar_figure(data, "strain", "mean strain per tissue", figures / "strain_per_tissue.png", truth="truth")
+    lines += [f"![strain per tissue]({figures.name}/{name})", ""]
+    error_map = _error_map_figure(out, data, data.variants[-1], figures / "error_maps.png")
+    if error_map:
+        lines += [f"![error maps of one test pair]({figures.name}/{error_map})", ""]
+
+    lines += ["## Identified stiffness", "", "Population `lam + mu` per class (validation pairs) by Dice and by the true "
+              "EPE (the oracle), per seed.", ""]
+    rows = []
+    for seed in data.seeds:
+        for folder, label in (("identification_val", "Dice"), ("identification_epe", "EPE")):
+            values = stiffness(out, seed, folder)
+            rows.append([seed, label, *(f"{values[c]:.2f}" for c in foreground)])
+    lines += _table(["seed", "criterion", *foreground], rows)
+
+    lines += ["## What the numbers show", ""]
+    for variant in data.variants:
+        localities = [locality_estimate(data, variant, c, 0).mean for c in foreground]
+        leakages = [locality_estimate(data, variant, c, 1).mean for c in foreground]
+        met = min(localities) >= LOCALITY_TARGET and max(leakages) <= LEAKAGE_TARGET
+        lines.append(f"- `{variant}`: locality {min(localities):.2f}-{max(localities):.2f}, leakage "
+                     f"{min(leakages):.2f}-{max(leakages):.2f} ({'meets' if met else 'misses'} the target).")
+        for method in TISSUE_METHODS:
+            if method not in data.methods(variant):
+                continue
+            parts = []
+            for baseline in (GLOBAL, CONTROL):
+                for metric, label in (("epe_mm", "EPE"), ("tre_mm", "TRE")):
+                    e = difference(data, variant, method, baseline, metric)
+                    parts.append(f"{label} vs {baseline} {_verdict(e)} ({e.mean:+.3f} mm)")
+            lines.append(f"  - `{method}`: " + "; ".join(parts) + ".")
+        if "bone" in foreground:
+            bone = estimate(data, variant, "tissue_population", "strain_bone").mean
+            truth = estimate(data, variant, GLOBAL, "gt_strain_bone").mean
+            lines.append(f"  - mean strain in bone with the identified parameters: {bone:.4f}, {bone / truth:.1f}x "
+                         f"the true field's {truth:.4f}.")
+    lines.append("")
+    text = "\n".join(lines)
+    return atomic_write_text(report, text if text.endswith("\n") else text + "\n")
