@@ -6,8 +6,8 @@ import pytest
 from hypermorph_spatially_adaptive.stages.demo import pipeline as demo, verdict as demo_check
 from hypermorph_spatially_adaptive.stages.parameter_table import ParameterRow, write_parameters
 
-TINY = ["--size", "32", "--subjects", "6", "--val", "1", "--test", "1", "--steps", "4", "--spatial-steps", "4",
-        "--batch-size", "2", "--grid-step", "0.5", "--device", "cpu"]
+TINY = ["--size", "32", "--subjects", "6", "--val", "1", "--test", "1", "--steps", "4", "--batch-size", "2",
+        "--grid-step", "0.5", "--device", "cpu"]
 
 
 def test_tiny_demo_writes_every_stage_and_a_rerun_skips_finished_stages(tmp_path, capsys):
@@ -16,7 +16,8 @@ def test_tiny_demo_writes_every_stage_and_a_rerun_skips_finished_stages(tmp_path
     for path in ("data/PHANTOM_dataset.json", "global/checkpoints/last.pt", "spatial/checkpoints/last.pt",
                  "identification/grid_scores.csv", "identification/parameters.csv",
                  "identification_test_subjects/parameters.csv", "parameters_for_inference.csv",
-                 "inference/metrics.csv", "inference/summary.csv", "demo_summary.md", "config.json"):
+                 "inference/metrics.csv", "inference/summary.csv", "locality/locality.csv", "demo_summary.md",
+                 "config.json"):
         assert (out / path).is_file(), path
     with (out / "inference" / "metrics.csv").open() as handle:
         methods = {row["method"] for row in csv.DictReader(handle)}
@@ -25,6 +26,7 @@ def test_tiny_demo_writes_every_stage_and_a_rerun_skips_finished_stages(tmp_path
     assert "tissue_population beats global on EPE" in summary and "bone" in summary
     assert "| control: spatial model at the global pair |" in summary
     assert "tissue_population beats the control on EPE" in summary
+    assert "Locality of the spatial model per class" in summary and "bone" in summary
     stamp = (out / "identification" / "parameters.csv").stat().st_mtime_ns
     capsys.readouterr()
     assert demo.main(["--out", str(out), *TINY]) == 0
@@ -86,3 +88,17 @@ def test_the_3d_preset_runs_every_stage_at_a_tiny_size(tmp_path):
 
     field = nib.load(next((out / "inference" / "global").glob("disp_*.nii.gz")))
     assert field.shape == (16, 16, 16, 3)
+
+
+def test_an_existing_phantom_dataset_is_used_instead_of_a_new_one(phantom_root, tmp_path):
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out), "--data-root", str(phantom_root), "--steps", "2", "--batch-size", "2",
+                      "--grid-step", "0.5", "--device", "cpu"]) == 0
+    assert not (out / "data").exists() and (out / "demo_summary.md").is_file()
+    with pytest.raises(SystemExit, match="PHANTOM_dataset.json"):
+        demo.main(["--out", str(tmp_path / "other"), "--data-root", str(tmp_path), "--device", "cpu"])
+
+
+def test_the_paper_variant_must_be_trained(tmp_path):
+    with pytest.raises(SystemExit, match="--spatial-steps"):
+        demo.main(["--out", str(tmp_path / "demo"), "--conditioning", "vector", "--device", "cpu"])

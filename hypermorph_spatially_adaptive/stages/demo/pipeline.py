@@ -1,14 +1,17 @@
 """The whole pipeline on the synthetic phantom, where tissue-specific elasticity is true by construction.
 
-    python demo.py                   # (or hypermorph-demo) 2D phantom 64x64, about 2.5 minutes on 2 CPU cores
+    python demo.py                   # (or hypermorph-demo) 2D phantom 64x64, about 2 minutes on 2 CPU cores
     python demo.py --full            # 3D phantom 64^3 (50 subjects, ~20 min to generate on CPU), GPU training
+    python demo.py --data-root DIR   # an existing phantom-layout dataset instead of a new phantom
     python demo.py --steps 50 ...    # any stage setting can be overridden (see --help)
 
 Stages: phantom data -> global model -> spatially adaptive model -> parameter identification (population on the
-validation pairs; subject-specific on each test pair) -> inference on the test pairs -> summary. A rerun skips
-finished stages and resumes training, so an interrupted demo continues where it stopped. The last step checks the
-paper's claim on this data: tissue-specific parameters beat the best global ones on end-point error and TRE (and
-the control, the spatial model at the global pair), and the identified stiffness ranks bone first.
+validation pairs; subject-specific on each test pair) -> inference on the test pairs -> locality -> summary. The
+spatial model uses tissue-wise kernels taken from the global model (``--conditioning tissue``, 0 further steps);
+``--conditioning vector --spatial-steps 1000`` trains the paper's variant instead. A rerun skips finished stages and
+resumes training, so an interrupted demo continues where it stopped. The last step checks the paper's claim on this
+data: tissue-specific parameters beat the best global ones on end-point error and TRE (and the control, the spatial
+model at the global pair), and the identified stiffness ranks bone first.
 """
 from __future__ import annotations
 
@@ -21,19 +24,20 @@ from ...runtime import resolve_device
 from ..cli import HelpFormatter, write_config
 from ..identification import main as identify_main
 from ..inference import main as infer_main
+from ..locality import main as locality_main
 from ..parameter_table import GLOBAL, read_parameters, with_subject_rows, write_parameters
 from ..training import main as train_main
 from . import verdict
 
 __all__ = ["PRESETS", "INTEGER_SETTINGS", "build_parser", "run_demo", "main"]
 
-# quick: a few minutes on 2 CPU cores; full: sized for one GPU. The spatial model starts from the trained global
-# one (--init-from) and also trains nearly class-constant vectors (--class-sampling mixed): see README.
+# quick: a few minutes on 2 CPU cores; full: sized for one GPU. The spatial model is the global one with
+# tissue-wise kernels (--conditioning tissue --init-from, no further steps: see README and docs/STUDY.md).
 PRESETS = {
-    "quick": dict(ndim=2, size=64, subjects=56, val=8, test=8, steps=2000, spatial_steps=1000, batch_size=4,
+    "quick": dict(ndim=2, size=64, subjects=56, val=8, test=8, steps=2000, spatial_steps=0, batch_size=4,
                   lr=1e-3, enc_features=[16, 32, 32], dec_features=[32, 32, 32, 16], hyper_layers=4,
                   hyper_units=64, grid_step=0.1),
-    "full": dict(ndim=3, size=64, subjects=50, val=10, test=10, steps=20000, spatial_steps=10000, batch_size=1,
+    "full": dict(ndim=3, size=64, subjects=50, val=10, test=10, steps=20000, spatial_steps=0, batch_size=1,
                  lr=1e-4, enc_features=[16, 32, 32, 32], dec_features=[32, 32, 32, 32, 32, 16, 16],
                  hyper_layers=6, hyper_units=128, grid_step=0.1),
 }
@@ -47,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--full", action="store_true", help="the 3D preset (GPU recommended)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the data and the training")
+    parser.add_argument("--data-root", default=None,
+                        help="run on this existing phantom-layout dataset (PHANTOM_dataset.json) instead of writing "
+                             "a new phantom under OUT/data")
+    parser.add_argument("--conditioning", choices=("tissue", "vector", "maps"), default="tissue",
+                        help="spatial-model variant (vector and maps need --spatial-steps > 0)")
     preset = parser.add_argument_group("overrides of the preset (default: the preset's value)")
     for name in INTEGER_SETTINGS:
         preset.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
@@ -62,8 +71,11 @@ def _settings(args: argparse.Namespace) -> dict:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     for key in INTEGER_SETTINGS:
-        if settings[key] < (0 if key in ("val", "test") else 1):
+        if settings[key] < (0 if key in ("val", "test", "spatial_steps") else 1):
             raise SystemExit(f"demo: --{key.replace('_', '-')} must be positive, got {settings[key]}")
+    if args.conditioning != "tissue" and settings["spatial_steps"] == 0:
+        raise SystemExit(f"demo: --conditioning {args.conditioning} starts from the global model's class mean and "
+                         f"must be trained: give --spatial-steps (e.g. 1000)")
     if not (settings["lr"] > 0 and 0 < settings["grid_step"] <= 1):
         raise SystemExit(f"demo: --lr must be > 0 and --grid-step in (0, 1], got {settings['lr']}, "
                          f"{settings['grid_step']}")
@@ -85,8 +97,11 @@ def run_demo(args: argparse.Namespace) -> Path:
     device = str(resolve_device(args.device))
     out.mkdir(parents=True, exist_ok=True)
     write_config(out, args, settings=settings)
-    data = out / "data"
-    _stage(f"phantom data: {settings['subjects']} {settings['ndim']}D subjects of size {settings['size']}")
+    data = Path(args.data_root) if args.data_root else out / "data"
+    if args.data_root and not (data / "PHANTOM_dataset.json").is_file():
+        raise SystemExit(f"demo: --data-root {data}: no PHANTOM_dataset.json there (write one with phantom.py)")
+    _stage(f"phantom data: {data}" if args.data_root else
+           f"phantom data: {settings['subjects']} {settings['ndim']}D subjects of size {settings['size']}")
     if not (data / "PHANTOM_dataset.json").is_file():
         phantom.write_dataset(data, ndim=settings["ndim"], subjects=settings["subjects"],
                               shape=(settings["size"],) * settings["ndim"], seed=args.seed, val=settings["val"],
@@ -98,12 +113,14 @@ def run_demo(args: argparse.Namespace) -> Path:
     training = [*common, *model, "--batch-size", str(settings["batch_size"]), "--lr", str(settings["lr"]),
                 "--lr-schedule", "cosine", "--workers", str(args.workers)]
     stages = {"global": [*training, "--steps", str(settings["steps"])],
-              "spatial": [*training, "--steps", str(settings["spatial_steps"]), "--class-sampling", "mixed",
+              "spatial": [*training, "--steps", str(settings["spatial_steps"]), "--conditioning", args.conditioning,
                           "--init-from", str(out / "global")]}  # a run folder: its checkpoints/last.pt
     for model_type, argv in stages.items():
         run, steps = out / model_type, int(argv[argv.index("--steps") + 1])
         _stage(f"training the {model_type} model ({steps} steps)")
         every = ["--val-every", str(max(1, steps // 4)), "--log-every", str(max(1, steps // 20))]
+        if steps == 0 and (run / "checkpoints" / "last.pt").is_file():
+            continue  # the warm-started model is written once
         resume = ["--resume"] if (run / "checkpoints" / "last.pt").is_file() else []
         _check(train_main(model_type, [*argv, *every, "--out", str(run), *resume]), f"{model_type} training")
     identification = out / "identification"
@@ -134,9 +151,13 @@ def run_demo(args: argparse.Namespace) -> Path:
         _check(infer_main([*common, "--split", "test", "--spatial-model", spatial_checkpoint,
                            "--global-model", global_checkpoint, "--parameters", str(parameters), *control,
                            "--out", str(results), "--resume"]), "inference")
+    _stage("locality of the spatial model on the test pairs")
+    if not (out / "locality" / "locality.csv").is_file():
+        _check(locality_main([*common, "--split", "test", "--spatial-model", spatial_checkpoint,
+                              "--out", str(out / "locality")]), "locality")
     _stage("result")
     summary = verdict.write_summary(results / "metrics.csv", identification / "parameters.csv",
-                                    out / "demo_summary.md")
+                                    out / "demo_summary.md", out / "locality" / "locality.csv")
     print(summary.read_text())
     return summary
 

@@ -91,8 +91,10 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "NO"
 
 
-def write_summary(metrics_csv: str | Path, parameters_csv: str | Path, out: str | Path) -> Path:
-    """Write the demo's markdown summary (table, identified stiffness, verdict) to ``out``."""
+def write_summary(metrics_csv: str | Path, parameters_csv: str | Path, out: str | Path,
+                  locality_csv: str | Path | None = None) -> Path:
+    """Write the demo's markdown summary (table, identified stiffness, verdict; the spatial model's locality per
+    class when ``locality_csv`` is given) to ``out``."""
     verdict = judge(metrics_csv, parameters_csv)
     lines = [f"Test pairs: {verdict.pairs}", "", "| method | " + " | ".join(t for _, t, _ in METRICS) + " |",
              "|---|" + "---|" * len(METRICS)]
@@ -116,5 +118,12 @@ def write_summary(metrics_csv: str | Path, parameters_csv: str | Path, out: str 
     if verdict.tissue_beats_control:
         lines[-1] += (f" {CONTROL_LABEL}: the spatial model with the global pair for every class; beating global "
                       "but not the control means the gain comes from the second network, not from the parameters.")
+    if locality_csv is not None:
+        with Path(locality_csv).open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        lines += ["", "Locality of the spatial model per class (test pairs; near 1: a class's own parameters act "
+                  "inside it as raising every class does; leakage near 0: they act nowhere else): "
+                  + ", ".join(f"{r['class_name']} {float(r['locality']):.2f} (leakage {float(r['leakage']):.2f})"
+                              for r in rows)]
     lines.append("")
     return atomic_write_text(out, "\n".join(lines))
