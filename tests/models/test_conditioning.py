@@ -154,3 +154,20 @@ def test_conditioning_other_than_vector_is_refused_for_a_global_model():
         HyperVxmDense((16, 16), 2, **TINY, conditioning="tissue")
     with pytest.raises(ValueError, match="conditioning must be one of"):
         HyperVxmDense((16, 16), 6, **TINY, class_names=CLASSES, conditioning="bogus")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("conditioning", ["maps", "tissue"])
+def test_a_spatial_model_gives_the_same_field_on_cuda_and_trains_under_bf16_autocast(conditioning):
+    spatial = spatial_from_global(_global(), 3, conditioning=conditioning).eval()
+    moving, fixed = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    hyper, labels = torch.rand(2, 6) * 0.5, _labels((16, 16), batch=2)
+    with torch.no_grad():
+        expected = spatial(moving, fixed, hyper, labels).velocity
+        got = spatial.cuda()(moving.cuda(), fixed.cuda(), hyper.cuda(), labels.cuda()).velocity.cpu()
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4)
+    spatial.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        output = spatial(moving.cuda(), fixed.cuda(), hyper.cuda(), labels.cuda())
+    (output.warped.float() - fixed.cuda()).square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in spatial.parameters() if p.grad is not None)
