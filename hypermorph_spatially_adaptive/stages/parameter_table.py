@@ -2,7 +2,8 @@
 
 One row per scope and class with the columns of :data:`COLUMNS`. A scope is ``global`` (one (lam, mu) pair
 repeated for every class), ``population`` (per class, chosen over the evaluated pairs), ``population_refined``
-(the population vector after ``--refine``) or a ``pair_id`` (subject-specific). Values are the dimensionless
+(the population vector after ``--refine``), ``oracle`` (inference's ``tissue_oracle`` bound, chosen by the true
+error on synthetic data) or a ``pair_id`` (subject-specific). Values are the dimensionless
 loss weights the models are conditioned on: ``0 <= lam, mu`` and ``lam + mu <= 1``.
 """
 from __future__ import annotations
@@ -18,12 +19,12 @@ import torch
 from ..core.hyperparams import TOLERANCE
 from ..files import atomic_write_csv
 
-__all__ = ["COLUMNS", "GLOBAL", "POPULATION", "POPULATION_REFINED", "ParameterRow", "ParameterTable",
+__all__ = ["COLUMNS", "GLOBAL", "POPULATION", "POPULATION_REFINED", "ORACLE", "ParameterRow", "ParameterTable",
            "read_parameters", "write_parameters", "with_subject_rows"]
 
 COLUMNS = ("scope", "class_id", "class_name", "lam", "mu", "criterion", "score")
-GLOBAL, POPULATION, POPULATION_REFINED = "global", "population", "population_refined"
-_SHARED_SCOPES = (GLOBAL, POPULATION, POPULATION_REFINED)
+GLOBAL, POPULATION, POPULATION_REFINED, ORACLE = "global", "population", "population_refined", "oracle"
+_SHARED_SCOPES = (GLOBAL, POPULATION, POPULATION_REFINED, ORACLE)
 
 
 @dataclass(frozen=True)
@@ -68,13 +69,12 @@ class ParameterTable:
     def has(self, scope: str) -> bool:
         return scope in self._by_scope
 
-    def values(self, scope: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-class ``(lam, mu)`` of ``scope``, each a float32 tensor ``[C]``."""
+    def values(self, scope: str, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-class ``(lam, mu)`` of ``scope``, each a tensor ``[C]`` (float32, the models' input, by default)."""
         if scope not in self._by_scope:
             raise KeyError(f"{self.source}: no rows for scope {scope!r}; scopes present: {self.scopes}")
         rows = self._by_scope[scope]
-        return (torch.tensor([r.lam for r in rows], dtype=torch.float32),
-                torch.tensor([r.mu for r in rows], dtype=torch.float32))
+        return (torch.tensor([r.lam for r in rows], dtype=dtype), torch.tensor([r.mu for r in rows], dtype=dtype))
 
     def hyper(self, scope: str) -> torch.Tensor:
         """The spatial model's input for ``scope``: ``[1, 2C]`` (all lambdas, then all mus)."""

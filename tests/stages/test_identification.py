@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from hypermorph_spatially_adaptive.core import metrics as eval_metrics
-from hypermorph_spatially_adaptive.stages.identification import refinement, stage as identification_stage
+from hypermorph_spatially_adaptive.stages.identification import choice, refinement, stage as identification_stage
 from hypermorph_spatially_adaptive.models.trained import load_trained_model
-from hypermorph_spatially_adaptive.evaluation.pair_metrics import pair_metrics
+from hypermorph_spatially_adaptive.evaluation.pair_metrics import end_point_error, pair_metrics
 from hypermorph_spatially_adaptive.stages.identification.choice import choose_parameters
 from hypermorph_spatially_adaptive.stages.identification.grid import parse_values, simplex_grid
 from hypermorph_spatially_adaptive.stages.identification.grid_scores import (GRID_COLUMNS, GridScores,
                                                                              merge_grid_scores, read_grid_scores,
                                                                              write_grid_scores)
-from hypermorph_spatially_adaptive.stages.identification.scoring import class_tre, default_grid_batch
+from hypermorph_spatially_adaptive.stages.identification.scoring import default_grid_batch
 from hypermorph_spatially_adaptive.stages.identification import main
 from hypermorph_spatially_adaptive.stages.parameter_table import COLUMNS, read_parameters
 
@@ -103,31 +103,6 @@ def test_value_lists_accept_ranges_without_float_drift():
         parse_values(["0:1:0.3"], "--mu-values")
 
 
-def test_per_class_tre_groups_keypoints_by_the_fixed_label_hand_computed():
-    labels = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]])
-    # Rounded to the nearest voxel: (0.6, 1.6) -> (1, 2) is class 1 (flooring would give class 0); (3.4, 3.6) -> (3, 4)
-    # is clamped to (3, 3).
-    fixed = torch.tensor([[0.0, 0.0], [0.6, 1.6], [3.0, 1.0], [2.2, 3.4], [3.4, 3.6]])  # classes 0, 1, 2, 2, 2
-    moving = fixed + torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
-    fields = torch.zeros(2, 2, 4, 4)
-    fields[1, 0] = 1.0  # field 1 moves every point one voxel along axis 0
-    tre = class_tre(fields, fixed, moving, labels, (2.0, 1.0), num_classes=4)
-    # Spacing (2, 1) mm: a one-voxel miss along axis 0 is 2 mm, (1, 1) voxels is sqrt(5) mm; class 3 has no point.
-    expected = torch.tensor([[2.0, 2.0, (math.sqrt(5) + 2 + 2) / 3, math.nan], [0.0, 0.0, 1 / 3, math.nan]],
-                            dtype=torch.float64)
-    torch.testing.assert_close(tre, expected, equal_nan=True)
-
-
-def test_per_class_tre_of_a_single_class_is_the_plain_tre():
-    generator = torch.Generator().manual_seed(0)
-    field = torch.randn(1, 2, 8, 8, generator=generator)
-    fixed = torch.rand(6, 2, generator=generator) * 7
-    moving = torch.rand(6, 2, generator=generator) * 7
-    tre = class_tre(field, fixed, moving, torch.zeros(8, 8, dtype=torch.long), (1.5, 0.5), num_classes=2)
-    assert tre[0, 0].item() == pytest.approx(eval_metrics.tre(fixed, moving, field[0], (1.5, 0.5)).mean().item())
-    assert math.isnan(tre[0, 1])
-
-
 def _scores(dice, tre=None, grid=None):
     grid = simplex_grid(0.5) if grid is None else grid
     dice = torch.as_tensor(dice, dtype=torch.float64)
@@ -190,21 +165,61 @@ def test_grid_scores_csv_round_trips_exactly_and_merge_rejects_overlaps_and_othe
                                               {k: v[:1] for k, v in other.metrics.items()})], ["a", "b"])
 
 
+def test_epe_criterion_minimises_each_class_and_the_global_scope_minimises_the_foreground_mean():
+    # Two pairs, 6 grid points (step 0.5), classes background, a, b. Class a: lowest EPE at (0, 1) (index 2); class b:
+    # at (1, 0) (index 5); (0, 0) is lowest for both but never chosen; the background's own minimum is ignored.
+    epe = torch.full((2, 6, 3), 3.0, dtype=torch.float64)
+    epe[:, 0, 1:] = 0.1
+    epe[:, :, 0] = torch.tensor([5.0, 0.2, 5.0, 5.0, 5.0, 5.0])
+    epe[:, 2, 1], epe[:, 5, 2] = 1.0, 1.5
+    epe[1, 5, 2] = math.nan  # class b absent from pair 2 there: the mean over pairs ignores it
+    scores = GridScores(("0001", "0002"), simplex_grid(0.5), ("background", "a", "b"),
+                        {"dice": torch.full((2, 6, 3), 0.5, dtype=torch.float64), "epe_mm": epe})
+    rows = {(r.scope, r.class_name): r for r in choose_parameters(scores, "epe", "global")}
+    assert (rows["population", "a"].lam, rows["population", "a"].mu, rows["population", "a"].score) == (0, 1, 1.0)
+    assert (rows["population", "b"].lam, rows["population", "b"].mu, rows["population", "b"].score) == (1, 0, 1.5)
+    assert {r.criterion for r in rows.values()} == {"epe"}
+    # global: mean over pairs of the foreground mean. (0, 1): (1 + 3) / 2 = 2 in both pairs; (1, 0): (3 + 1.5) / 2 in
+    # pair 1 and 3 in pair 2 (b is NaN there), 2.625 on average. The background's own minimum at (0, 0.5) is ignored.
+    assert (rows["global", "a"].lam, rows["global", "a"].mu) == (0, 1)
+    torch.testing.assert_close(choice.objective(scores.metrics, "epe")[[2, 5]],
+                               torch.tensor([2.0, (2.25 + 3.0) / 2], dtype=torch.float64))
+    assert (rows["population", "background"].lam, rows["population", "background"].mu) == (0, 1)  # the global point
+    # Pair 0002 alone: class b's minimum (1, 0) is NaN there, so its first allowed lowest value (0, 0.5) is chosen.
+    assert (rows["0002", "b"].criterion, rows["0002", "b"].lam, rows["0002", "b"].mu) == ("epe", 0.0, 0.5)
+
+
+def test_grid_scores_without_an_epe_column_are_read_with_it_empty(tmp_path):
+    dice = torch.rand(1, 6, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    path = write_grid_scores(tmp_path / "g.csv", _scores(dice))
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(GRID_COLUMNS) and lines[0].endswith(",tre_mm,epe_mm")
+    older = tmp_path / "older.csv"
+    older.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")  # drop the last column, epe_mm
+    back = read_grid_scores(older)
+    assert list(back.metrics) == ["dice", "tre_mm", "epe_mm"] and back.epe_mm.isnan().all()
+    torch.testing.assert_close(back.dice, dice)
+    assert write_grid_scores(tmp_path / "again.csv", back).read_bytes() == path.read_bytes()
+
+
 def _synthetic_dice(bonus):
     """Stand-in for ``refinement.evaluate_vectors``: class Dice ``1 - |lam - 0.5| - |mu - 0.25|`` (best at
     (0.5, 0.25)), plus ``bonus`` whenever several vectors share a pass (an optimistic batched evaluation)."""
     def evaluate(model, items, hyper, num_classes):
         lam, mu = hyper[:, :num_classes], hyper[:, num_classes:]
         dice = (1 - (lam - 0.5).abs() - (mu - 0.25).abs() + (bonus if hyper.shape[0] > 1 else 0.0)).double()[None]
-        return dice, torch.full_like(dice, math.nan)
+        return {"dice": dice, "tre_mm": torch.full_like(dice, math.nan), "epe_mm": 1 - dice}
     return evaluate
 
 
-def test_refine_climbs_to_the_best_lattice_point_of_each_foreground_class(monkeypatch):
-    monkeypatch.setattr(refinement, "evaluate_vectors", _synthetic_dice(bonus=0.0))
-    result = refinement.refine_vector(None, [None], torch.full((3,), 0.25), torch.full((3,), 0.5), step=0.25, sweeps=2)
+@pytest.mark.parametrize("criterion,start,end", [("dice", 0.5, 1.0), ("epe", 0.5, 0.0)])
+def test_refine_climbs_to_the_best_lattice_point_of_each_foreground_class(monkeypatch, criterion, start, end):
+    monkeypatch.setattr(refinement, "evaluate_vectors", _synthetic_dice(bonus=0.0))  # EPE = 1 - Dice: lowest there
+    result = refinement.refine_vector(None, [None], torch.full((3,), 0.25), torch.full((3,), 0.5), step=0.25, sweeps=2,
+                                      criterion=criterion)
     assert result.lam.tolist() == [0.25, 0.5, 0.5] and result.mu.tolist() == [0.5, 0.25, 0.25]  # background kept
-    assert (result.start_score, result.score) == (0.5, 1.0)
+    assert (result.start_score, result.score) == pytest.approx((start, end))
+    assert result.class_score(1, criterion) == (criterion, pytest.approx(end))
 
 
 def test_refine_keeps_its_start_when_the_moves_only_looked_better_in_a_batch(monkeypatch):
@@ -266,7 +281,7 @@ def test_batched_and_unbatched_grids_give_the_same_scores(single_run, base, tmp_
     batched = read_grid_scores(single_run / "grid_scores.csv")
     unbatched = read_grid_scores(tmp_path / "b1" / "grid_scores.csv")
     assert unbatched.pair_ids == batched.pair_ids[:2]
-    for name in ("dice", "tre_mm"):
+    for name in ("dice", "tre_mm", "epe_mm"):
         torch.testing.assert_close(unbatched.metrics[name], batched.metrics[name][:2], rtol=0, atol=1e-5,
                                    equal_nan=True)
 
@@ -339,7 +354,7 @@ def test_selection_labels_choose_while_the_dataset_labels_score(single_run, base
     assert main([*base, "--max-pairs", "1", "--figures", "0", "--selection-labels", str(folder),
                  "--out", str(out)]) == 0
     selected, reference = read_grid_scores(out / "grid_scores.csv"), read_grid_scores(single_run / "grid_scores.csv")
-    assert list(selected.metrics) == ["dice", "tre_mm", "dice_eval", "tre_mm_eval"]
+    assert list(selected.metrics) == ["dice", "tre_mm", "epe_mm", "dice_eval", "tre_mm_eval", "epe_mm_eval"]
     assert selected.dice[0, :, 4].isnan().all()  # no liver in the choosing labels
     torch.testing.assert_close(selected.metrics["dice_eval"][0], reference.dice[0], equal_nan=True)
     summary = (out / "summary.md").read_text()
@@ -369,6 +384,60 @@ def test_resume_skips_the_pairs_an_interrupted_run_finished(single_run, base, tm
     assert main([*base, "--shard", "1/1", "--resume", "--out", str(out)]) == 0
     assert calls == ["0002", "0003", "0004"] and not (out / ".partial").exists()
     assert (out / "grid_scores.csv").read_bytes() == (single_run / "grid_scores.csv").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def epe_run(base, models, tmp_path_factory):
+    """--criterion epe with --refine on two pairs and 6 grid points."""
+    out = tmp_path_factory.mktemp("identification") / "epe"
+    assert main([*base, "--grid-step", "0.5", "--max-pairs", "2", "--criterion", "epe", "--refine", "--spatial-model",
+                 str(models["spatial"]), "--refine-sweeps", "1", "--figures", "0", "--out", str(out)]) == 0
+    return out
+
+
+def test_grid_scores_epe_is_the_global_models_mean_error_inside_each_class(single_run, phantom_root, models):
+    scores = read_grid_scores(single_run / "grid_scores.csv")
+    model, _ = load_trained_model(models["global"], expect="global")
+    item = datasets.get_dataset("phantom", phantom_root, "train")[0]
+    point = scores.grid.tolist().index([0.25, 0.5])
+    with torch.inference_mode():
+        field = model(item["moving"][None], item["fixed"][None], torch.tensor([[0.25, 0.5]])).displacement[0]
+    spacing = tuple(item["spacing"].tolist())
+    for c in range(len(CLASSES)):
+        expected = end_point_error(field, item["gt_displacement"], spacing, item["fixed_labels"][0] == c)
+        assert float(scores.epe_mm[0, point, c]) == pytest.approx(expected, rel=1e-4), CLASSES[c]
+    assert bool(torch.isfinite(scores.epe_mm).all())  # every class is in every fixed label map of the phantom
+
+
+def test_criterion_epe_chooses_the_lowest_class_error_and_refines_by_it(epe_run):
+    scores = read_grid_scores(epe_run / "grid_scores.csv")
+    rows = {(r.scope, r.class_id): r for r in read_parameters(epe_run / "parameters.csv", CLASSES).rows}
+    allowed = [g for g, point in enumerate(scores.grid.tolist()) if point != [0.0, 0.0]]
+    mean_error = scores.epe_mm.mean(0)  # [G, C] over the two pairs
+    for c in range(1, len(CLASSES)):
+        best = min(allowed, key=lambda g: (float(mean_error[g, c]), g))
+        row = rows["population", c]
+        assert (row.criterion, [row.lam, row.mu]) == ("epe", scores.grid[best].tolist())
+        assert row.score == pytest.approx(float(mean_error[best, c]))
+    overall = min(allowed, key=lambda g: (float(mean_error[g, 1:].mean()), g))
+    assert [rows["global", 0].lam, rows["global", 0].mu] == scores.grid[overall].tolist()
+    assert all(rows["population_refined", c].criterion == "epe" for c in range(len(CLASSES)))
+    summary = (epe_run / "summary.md").read_text()
+    assert "Criterion: epe" in summary and "objective epe" in summary
+    start, refined = (float(v) for v in summary.split("start ")[1].split(" (")[0].split(" -> refined "))
+    assert refined <= start
+
+
+def test_criterion_epe_without_a_true_displacement_exits_2_and_writes_nothing(base, tmp_path, capsys, monkeypatch):
+    from hypermorph_spatially_adaptive.data.phantom_dataset import PhantomDataset
+
+    monkeypatch.setattr(PhantomDataset, "has_displacement", False)  # a dataset without ground truth
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--criterion", "epe", "--out", str(out)])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--criterion epe" in error and "no true displacement" in error
+    assert not out.exists()
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,8 @@ def test_metrics_csv_has_the_documented_columns_and_one_row_per_pair_and_method(
         header = next(csv.reader(handle))
     documented = ["pair_id", "method", "dice_mean", *[f"dice_{c}" for c in CLASSES], "hd95_mm", "tre_mm", "sdlogj",
                 "folding_percent", "runtime_s"]
-    assert header == documented + ["epe_mm", "parameters_source"] == report.metric_columns(CLASSES)
+    tissue = [f"{metric}_{c}" for metric in ("epe", "tre", "strain", "gt_strain") for c in CLASSES]
+    assert header == documented + ["epe_mm", "parameters_source"] + tissue == report.metric_columns(CLASSES)
     rows = _read_csv(out / "metrics.csv")
     assert [(r["pair_id"], r["method"]) for r in rows] == [(p, m) for p in ("0001", "0002") for m in METHODS]
     for row in rows:
@@ -113,6 +114,26 @@ def test_tre_recomputed_from_the_written_field_matches_the_csv(dataset_run, phan
             assert float(rows[(pair, method)]["tre_mm"]) == pytest.approx(float(tre), rel=1e-6)
             epe = end_point_error(field, item["gt_displacement"], spacing, item["fixed_labels"][0] > 0)
             assert float(rows[(pair, method)]["epe_mm"]) == pytest.approx(epe, rel=1e-6)
+            _check_tissue_columns(rows[(pair, method)], field, item)
+
+
+def _check_tissue_columns(row, field, item):
+    """The per-class columns of a metrics row recomputed from the written field with the core metrics."""
+    spacing = tuple(item["spacing"].tolist())
+    labels = item["fixed_labels"][0]
+    strain = eval_metrics.strain_magnitude(field.double(), spacing)
+    true_strain = eval_metrics.strain_magnitude(item["gt_displacement"].double(), spacing)
+    for c, name in enumerate(CLASSES):
+        inside = labels == c
+        assert float(row[f"epe_{name}"]) == pytest.approx(
+            end_point_error(field, item["gt_displacement"], spacing, inside), rel=1e-6)
+        assert float(row[f"strain_{name}"]) == pytest.approx(float(strain[inside].mean()), rel=1e-6)
+        assert float(row[f"gt_strain_{name}"]) == pytest.approx(float(true_strain[inside].mean()), rel=1e-6)
+        voxel = item["fixed_keypoints"].round().long()
+        points = labels[voxel[:, 0], voxel[:, 1]] == c
+        expected = eval_metrics.tre(item["fixed_keypoints"][points], item["moving_keypoints"][points], field,
+                                    spacing).mean()
+        assert float(row[f"tre_{name}"] or "nan") == pytest.approx(float(expected), rel=1e-6, nan_ok=True)
 
 
 def test_each_method_runs_its_model_at_its_parameters(dataset_run, phantom_root, trained_spatial, trained_global):
@@ -148,6 +169,17 @@ def test_summary_and_a_bounded_number_of_figures_are_written(dataset_run):
     out, _ = dataset_run
     summary = _read_csv(out / "summary.csv")
     assert {(r["method"], r["metric"]) for r in summary} >= {(m, "dice_mean") for m in METHODS}
+    foreground = CLASSES[1:]
+    assert {(r["method"], r["metric"]) for r in summary} >= {
+        (m, f"{kind}_{c}") for m in METHODS for kind in ("epe", "tre", "strain") for c in foreground}
+    truth = [r for r in summary if r["method"] == "true_field"]
+    assert [r["metric"] for r in truth] == [f"strain_{c}" for c in foreground] and truth[0]["n"] == "2"
+    strain = [r for r in summary if r["metric"] == "strain_lung" and r["method"] == "tissue_population"][0]
+    epe = [r for r in summary if r["metric"] == "epe_lung" and r["method"] == "tissue_population"][0]
+    assert strain["baseline"] == "" and epe["baseline"] == "global" and epe["n_pairs"] == "2"
+    markdown = (out / "summary.md").read_text()
+    assert "## Per tissue" in markdown and "| method | soft_tissue | lung | bone | liver |" in markdown
+    assert "| true field |" in markdown and "epe_lung" not in markdown  # per-class columns only in the tissue tables
     compared = [r for r in summary if r["method"] == "tissue_subject" and r["metric"] == "tre_mm"]
     assert compared[0]["baseline"] == "global" and compared[0]["n_pairs"] == "2"
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["dice_per_class.png", "pair_0001_0001.png"]
@@ -350,3 +382,108 @@ def test_methods_resolve_to_their_scopes_with_the_refined_population_as_fallback
     values = torch.rand(1, 10) / 2
     hyper, source = method_parameters("literature", "0001", table, literature=values)
     assert source == "literature" and torch.equal(hyper, values)
+
+
+def test_summary_has_per_tissue_tables_with_the_true_fields_strain_once_per_pair():
+    classes = ("background", "a", "b")
+    rows = [{"pair_id": pair, "method": method, "epe_a": epe, "strain_a": strain, "gt_strain_a": truth,
+             "gt_strain_b": 2 * truth}
+            for method, table in {"global": {"p": (1.0, 0.1, 0.2), "q": (3.0, 0.3, 0.4)},
+                                  "tissue_oracle": {"p": (0.5, 0.2, 0.2), "q": (1.5, 0.4, 0.4)}}.items()
+            for pair, (epe, strain, truth) in table.items()]
+    table = report.summary_table(rows, classes, ["global", "tissue_oracle"])
+    cell = {(r["method"], r["metric"]): r for r in table}
+    assert cell[("tissue_oracle", "epe_a")]["mean"] == pytest.approx(1.0)
+    assert cell[("tissue_oracle", "epe_a")]["improved"] == 2 and cell[("tissue_oracle", "strain_a")]["baseline"] == ""
+    truth = cell[("true_field", "strain_a")]
+    assert (truth["n"], truth["mean"], truth["std"]) == (2, pytest.approx(0.3), pytest.approx(math.sqrt(0.02)))
+    assert cell[("true_field", "strain_b")]["mean"] == pytest.approx(0.6)
+    text = report.format_markdown(table, ["global", "tissue_oracle"], class_names=classes)
+    tissue = text[text.index("## Per tissue"):]
+    assert "| tissue_oracle | 1 ± 0.7071 | - |" in tissue and "| true field | 0.3 ± 0.1414 | 0.6 ± 0.2828 |" in tissue
+    assert "TRE (mm)" not in tissue  # no keypoints: no TRE table
+    assert "strain_a" not in text[:text.index("## Per tissue")]
+
+
+@pytest.fixture(scope="module")
+def oracle_run(phantom_root, trained_global, trained_spatial, parameters_csv, tmp_path_factory):
+    """global, tissue_population and tissue_oracle on the test pair; the oracle chosen on the validation pair."""
+    out = tmp_path_factory.mktemp("oracle") / "run"
+    argv = _argv(trained_global, trained_spatial, parameters_csv, out, "--data-root", str(phantom_root), "--split",
+                 "test", "--methods", "global", "tissue_population", "tissue_oracle", "--oracle-step", "0.2",
+                 "--oracle-sweeps", "1", "--figures", "0", "--no-hd95")
+    assert main(argv) == 0
+    return out, argv
+
+
+def test_the_oracle_lowers_the_error_on_its_pairs_and_is_written_as_a_parameter_scope(oracle_run, phantom_root,
+                                                                                        trained_spatial):
+    out, _ = oracle_run
+    from hypermorph_spatially_adaptive.evaluation.pair_metrics import class_end_point_error
+    from hypermorph_spatially_adaptive.stages.parameter_table import read_parameters
+
+    oracle = read_parameters(out / "oracle_parameters.csv", CLASSES)
+    assert oracle.scopes == ["oracle"] and {r.criterion for r in oracle.rows} == {"epe"}
+    spatial, _ = load_trained_model(trained_spatial / "checkpoints" / "last.pt")
+    item = datasets.get_dataset("phantom", phantom_root, "val")[0]
+    spacing = tuple(item["spacing"].tolist())
+
+    def class_epe(hyper):
+        with torch.no_grad():
+            field = spatial(item["moving"][None], item["fixed"][None], hyper, item["fixed_labels"][None]).displacement
+        return class_end_point_error(field, item["gt_displacement"], spacing, item["fixed_labels"][0], 5)[0]
+
+    lam, mu = SCOPES["population"]
+    chosen, start = class_epe(oracle.hyper("oracle")), class_epe(torch.tensor([lam + mu]))
+    assert [r.score for r in oracle.rows] == pytest.approx(chosen.tolist(), rel=1e-5)
+    assert float(chosen[1:].mean()) <= float(start[1:].mean())
+    assert oracle.values("oracle")[0][0] == pytest.approx(SCOPES["population"][0][0])  # the background is kept
+    rows = {r["method"]: r for r in _read_csv(out / "metrics.csv")}
+    assert rows["tissue_oracle"]["parameters_source"] == "oracle" and rows["tissue_oracle"]["pair_id"] == "0006"
+    summary = (out / "summary.md").read_text()
+    assert "tissue_oracle: an upper reference, not a method for real data" in summary
+    assert "1 pair(s) of split 'val'" in summary
+    assert json.loads((out / "config.json").read_text())["oracle_pair_ids"] == ["0005"]
+
+
+def test_resume_reuses_the_oracles_choice(oracle_run, tmp_path, monkeypatch):
+    from hypermorph_spatially_adaptive.stages.inference import stage as inference_stage
+    from hypermorph_spatially_adaptive.stages.parameter_table import read_parameters
+
+    original, argv = oracle_run
+    out = tmp_path / "run"
+    shutil.copytree(original, out)
+    (out / ".partial" / "tissue_oracle" / "0006_0006.json").unlink()  # the oracle's row is redone
+    edited = [ParameterRow("oracle", c, name, 0.3, 0.3, "epe", 1.0) for c, name in enumerate(CLASSES)]
+    write_parameters(out / "oracle_parameters.csv", edited)
+    monkeypatch.setattr(inference_stage, "choose_oracle", lambda *a, **k: pytest.fail("the oracle was chosen again"))
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    assert read_parameters(out / "oracle_parameters.csv", CLASSES).rows == edited
+    written, _ = nifti_io.read_displacement(out / "tissue_oracle" / "disp_0006_0006.nii.gz")
+    before, _ = nifti_io.read_displacement(original / "tissue_oracle" / "disp_0006_0006.nii.gz")
+    assert not torch.allclose(written, before)  # registered at the edited vector
+    assert "reused from the interrupted run" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("case", ["no ground truth", "explicit files", "oracle max pairs", "empty oracle split"])
+def test_oracle_without_what_it_needs_exits_2_and_writes_nothing(case, tmp_path, phantom_root, explicit_files,
+                                                                trained_global, trained_spatial, parameters_csv,
+                                                                capsys, monkeypatch):
+    from hypermorph_spatially_adaptive.data.phantom_dataset import PhantomDataset
+
+    data = ["--data-root", str(phantom_root), "--split", "test"]
+    extra, flag = {"no ground truth": (data, "no true displacement"),
+                   "explicit files": (["--fixed", str(explicit_files["fixed"]), "--moving",
+                                       str(explicit_files["moving"]), "--fixed-labels",
+                                       str(explicit_files["fixed-labels"]), "--moving-labels",
+                                       str(explicit_files["moving-labels"])], "--data-root"),
+                   "oracle max pairs": ([*data, "--oracle-max-pairs", "0"], "--oracle-max-pairs"),
+                   "empty oracle split": ([*data, "--oracle-split", "nowhere"], "--oracle-split")}[case]
+    if case == "no ground truth":
+        monkeypatch.setattr(PhantomDataset, "has_displacement", False)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(_argv(trained_global, trained_spatial, parameters_csv, out, "--methods", "tissue_oracle", *extra))
+    assert exit_info.value.code == 2
+    assert flag in capsys.readouterr().err
+    assert not out.exists()

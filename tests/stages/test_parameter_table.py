@@ -79,3 +79,13 @@ def test_subject_rows_of_new_pairs_join_the_population_of_another_cohort(tmp_pat
     assert merged.scopes == ["global", "population", "0042"]
     torch.testing.assert_close(merged.hyper("population"), base.hyper("population"))
     assert merged.subject_scope("0042") == "0042" and merged.subject_scope("0003") == "population"
+
+
+def test_the_oracle_scope_is_shared_and_values_keep_the_files_precision(tmp_path):
+    path = write_parameters(tmp_path / "p.csv", _rows("oracle", [0.1, 0.2, 0.7], [0.3, 0.1, 0.2], score=0.4)
+                            + _rows("0003", [0.1] * 3, [0.1] * 3))
+    table = read_parameters(path, CLASSES)
+    assert table.has("oracle") and table.pair_ids == ["0003"]
+    lam, mu = table.values("oracle", torch.float64)
+    assert lam.dtype == torch.float64 and lam.tolist() == [0.1, 0.2, 0.7] and mu.tolist() == [0.3, 0.1, 0.2]
+    assert table.values("oracle")[0].dtype == torch.float32

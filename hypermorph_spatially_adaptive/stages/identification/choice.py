@@ -1,12 +1,12 @@
 """Choosing parameters from grid scores alone: the ``global``, ``population`` and subject-specific scopes.
 
 :func:`choose_parameters` turns :class:`~.grid_scores.GridScores` into ``parameters.csv`` rows without a model or
-data, so a merge of shards chooses exactly as a single run does. Dice is maximised, TRE (mm) minimised.
+data, so a merge of shards chooses exactly as a single run does. Dice is maximised, TRE and EPE (mm) minimised.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -14,10 +14,12 @@ from ..parameter_table import GLOBAL, POPULATION, ParameterRow
 from .grid import allowed_points, grid_index
 from .grid_scores import GridScores
 
-__all__ = ["CRITERIA", "BACKGROUND_POLICIES", "BACKGROUND_NOTES", "objective", "class_criterion",
-           "scope_class_scores", "best_index", "choose_parameters"]
+__all__ = ["CRITERIA", "CRITERION_COLUMNS", "BACKGROUND_POLICIES", "BACKGROUND_NOTES", "objective",
+           "class_criterion", "scope_class_scores", "best_index", "choose_parameters"]
 
-CRITERIA = ("dice", "tre")
+CRITERIA = ("dice", "tre", "epe")
+#: The per-class score each criterion reads (a ``grid_scores.csv`` column).
+CRITERION_COLUMNS = {"dice": "dice", "tre": "tre_mm", "epe": "epe_mm"}
 BACKGROUND_POLICIES = ("global", "population", "fixed")
 #: How each --background policy sets the background class (id 0).
 BACKGROUND_NOTES = {"global": "gets the global scope's point: background Dice is large whatever the parameters, so "
@@ -26,28 +28,31 @@ BACKGROUND_NOTES = {"global": "gets the global scope's point: background Dice is
                     "fixed": "gets --background-params"}
 
 
-def objective(dice: torch.Tensor, tre_mm: torch.Tensor, criterion: str) -> torch.Tensor:
+def objective(scores: Mapping[str, torch.Tensor], criterion: str) -> torch.Tensor:
     """The one number a shared parameter choice optimises, from per-class scores ``[P, K, C]`` -> ``[K]``.
 
-    ``dice``: mean over pairs of the foreground mean Dice (higher is better; background excluded, it is large
-    whatever the parameters). ``tre``: mean over pairs of the mean of the per-class TRE over classes with
-    keypoints (lower is better, mm). NaNs are ignored.
+    ``scores`` maps the columns ``dice``, ``tre_mm``, ``epe_mm`` (only the criterion's is read) to scores of P pairs
+    at K parameter points. ``dice``: mean over pairs of the foreground mean Dice (higher is better; background
+    excluded, it is large whatever the parameters). ``tre``: mean over pairs of the mean of the per-class TRE over
+    classes with keypoints (lower is better, mm). ``epe``: mean over pairs of the mean over the foreground classes
+    of the per-class EPE, the mean end-point error in mm inside the class against the true displacement (lower is
+    better; background excluded as for Dice). NaNs are ignored.
     """
-    per_pair = dice[..., 1:].nanmean(-1) if criterion == "dice" else tre_mm.nanmean(-1)
+    values = scores[CRITERION_COLUMNS[criterion]]
+    per_pair = values.nanmean(-1) if criterion == "tre" else values[..., 1:].nanmean(-1)
     return per_pair.nanmean(0)
 
 
 def class_criterion(scores: GridScores, pairs: Sequence[int], class_id: int, criterion: str) -> str:
-    """``tre`` when asked for and the class has keypoints in ``pairs``; otherwise ``dice`` (the fallback)."""
-    if criterion == "tre" and bool(torch.isfinite(scores.tre_mm[list(pairs), :, class_id]).any()):
-        return "tre"
-    return "dice"
+    """``tre`` or ``epe`` when asked for and the class has that score in ``pairs`` (keypoints, a true displacement
+    and voxels of the class); otherwise ``dice`` (the fallback)."""
+    values = scores.metrics[CRITERION_COLUMNS[criterion]][list(pairs), :, class_id]
+    return criterion if criterion == "dice" or bool(torch.isfinite(values).any()) else "dice"
 
 
 def scope_class_scores(scores: GridScores, pairs: Sequence[int], class_id: int, kind: str) -> torch.Tensor:
-    """Mean over ``pairs`` of one class's ``kind`` (dice or tre) score at every grid point: float64 ``[G]``."""
-    values = scores.dice if kind == "dice" else scores.tre_mm
-    return values[list(pairs), :, class_id].nanmean(0)
+    """Mean over ``pairs`` of one class's ``kind`` (dice, tre or epe) score at every grid point: float64 ``[G]``."""
+    return scores.metrics[CRITERION_COLUMNS[kind]][list(pairs), :, class_id].nanmean(0)
 
 
 def best_index(values: torch.Tensor, allowed: torch.Tensor, higher_is_better: bool) -> int:
@@ -91,8 +96,9 @@ def choose_parameters(scores: GridScores, criterion: str = "dice", background: s
 
     Scopes, in this order: ``global`` (the grid point best by :func:`objective` over all pairs, repeated for every
     class), ``population`` (per class, the best mean over all pairs) and one scope per pair id (per class, best
-    for that pair). Dice is maximised, TRE minimised; a class without keypoints in the scope falls back to Dice
-    (its row's ``criterion`` says ``dice``). (0, 0) is never chosen; ties go to the first point in grid order.
+    for that pair). Dice is maximised, TRE and EPE minimised; a class without that score in the scope (no
+    keypoints, no true displacement) falls back to Dice (its row's ``criterion`` says ``dice``). (0, 0) is never
+    chosen; ties go to the first point in grid order.
     ``score`` is the class's criterion value at the chosen point (mean over the scope's pairs).
 
     The background class (id 0) gets the global point (``background="global"``; its Dice is large whatever the
@@ -106,7 +112,7 @@ def choose_parameters(scores: GridScores, criterion: str = "dice", background: s
     if not bool(allowed.any()):
         raise ValueError("the grid holds only (0, 0), which is never chosen; use a finer --grid-step or more values")
     everyone = list(range(len(scores.pair_ids)))
-    global_index = best_index(objective(scores.dice, scores.tre_mm, criterion), allowed, criterion == "dice")
+    global_index = best_index(objective(scores.metrics, criterion), allowed, criterion == "dice")
     lam, mu = scores.grid[global_index].tolist()
     rows = []
     for class_id, class_name in enumerate(scores.class_names):

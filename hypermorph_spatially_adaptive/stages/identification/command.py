@@ -27,8 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="explicit lambda values instead of the step lattice: numbers or ranges START:STOP:STEP")
     group.add_argument("--mu-values", nargs="+", default=None, metavar="V", help="explicit mu values, as --lam-values")
     group.add_argument("--criterion", choices=CRITERIA, default="dice",
-                       help="dice (per-class overlap, higher is better) or tre (per-class landmark error in mm, "
-                            "lower is better; classes without keypoints fall back to dice)")
+                       help="dice (per-class overlap, higher is better), tre (per-class landmark error in mm, "
+                            "lower is better; classes without keypoints fall back to dice) or epe (per-class mean "
+                            "end-point error in mm against the true displacement, lower is better: an oracle for "
+                            "synthetic data such as the phantom, never for real data)")
     group.add_argument("--background", choices=BACKGROUND_POLICIES, default="global",
                        help="parameters of the background class (id 0); " + "; ".join(
                            f"{policy}: it {note}" for policy, note in BACKGROUND_NOTES.items()))
@@ -54,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="combine the --out folders of all N shards into the files of a single run")
     refine = parser.add_argument_group("refinement (beyond the paper)")
     refine.add_argument("--refine", action="store_true",
-                        help="coordinate search on the population vector with the spatial model; writes scope "
-                             "population_refined")
+                        help="coordinate search on the population vector with the spatial model, by --criterion; "
+                             "writes scope population_refined")
     add_model_arg(refine, "spatial", "that --refine tunes the vector with (train_hypermorph_spatial.py)")
     refine.add_argument("--refine-step", type=float, default=None, help="first search step (default: --grid-step)")
     refine.add_argument("--refine-sweeps", type=int, default=3, help="sweeps over the classes (a sweep without "

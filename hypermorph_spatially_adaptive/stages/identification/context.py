@@ -119,6 +119,10 @@ def _check_first_item(args: argparse.Namespace, ctx: StageContext) -> None:
     if args.criterion == "tre" and len(item.get("fixed_keypoints", ())) == 0:
         raise ValueError(f"--criterion tre: pair {ctx.pair_ids[0]} of --dataset {args.dataset} split {args.split!r} "
                          f"has no keypoints; use --criterion dice")
+    if args.criterion == "epe" and "gt_displacement" not in item:
+        raise ValueError(f"--criterion epe: pair {ctx.pair_ids[0]} of --dataset {args.dataset} split {args.split!r} "
+                         f"has no true displacement to measure the end-point error against (a synthetic dataset "
+                         f"such as the phantom has one); use --criterion dice or tre")
     if ctx.selection is not None:
         try:
             ctx.selection[index]
@@ -164,6 +168,9 @@ def prepare(args: argparse.Namespace) -> StageContext:
         merged, options = _read_shards(args)
         if args.criterion == "tre" and not bool(torch.isfinite(merged.tre_mm).any()):
             raise ValueError("--criterion tre: the shards' grid scores hold no TRE (the pairs have no keypoints)")
+        if args.criterion == "epe" and not bool(torch.isfinite(merged.epe_mm).any()):
+            raise ValueError("--criterion epe: the shards' grid scores hold no EPE (the pairs have no true "
+                             "displacement)")
         ctx = StageContext(device, merged.class_names, list(merged.pair_ids), merged.grid, merged=merged,
                      shard_options=options)
         if not args.refine:

@@ -24,7 +24,8 @@ from .grid_scores import GridScores  # noqa: E402
 
 __all__ = ["simplex_heatmap", "write_scope_figures"]
 
-_LABELS = {"dice": "Dice (mean over pairs)", "tre": "TRE in mm (mean over pairs)"}
+_LABELS = {"dice": "Dice (mean over pairs)", "tre": "TRE in mm (mean over pairs)",
+           "epe": "EPE in mm (mean over pairs)"}
 
 
 def _edges(values: np.ndarray) -> np.ndarray:

@@ -1,9 +1,11 @@
 """``grid_scores.csv``: every score of an identification run, and the shards it can be split into.
 
 :class:`GridScores` holds the scores ``[P, G, C]`` (pairs, grid points, classes) and converts to and from the CSV
-(long format, one row per pair, grid point and class: :data:`GRID_COLUMNS`, optionally :data:`EVAL_COLUMNS`).
+(long format, one row per pair, grid point and class: :data:`GRID_COLUMNS`, optionally :data:`EVAL_COLUMNS`;
+files written before the ``epe_mm`` columns existed are read with them empty).
 ``--shard K/N`` runs score the K-th slice of the sorted pair ids (:func:`shard_pair_ids`);
-:func:`merge_grid_scores` combines them. TRE is in mm, Dice in [0, 1]; NaN (an empty cell) where undefined.
+:func:`merge_grid_scores` combines them. TRE and EPE (end-point error against the true displacement) are in mm,
+Dice in [0, 1]; NaN (an empty cell) where undefined.
 """
 from __future__ import annotations
 
@@ -20,10 +22,14 @@ from ...files import atomic_write_csv
 __all__ = ["GRID_COLUMNS", "EVAL_COLUMNS", "GridScores", "write_grid_scores", "read_grid_scores",
            "merge_grid_scores", "parse_shard", "shard_pair_ids"]
 
-#: The columns of ``grid_scores.csv`` (long format: one row per pair, grid point and class).
-GRID_COLUMNS = ("pair_id", "lam", "mu", "class_id", "class_name", "dice", "tre_mm")
+#: The columns of ``grid_scores.csv`` (long format: one row per pair, grid point and class). ``epe_mm`` is empty
+#: without a true displacement.
+GRID_COLUMNS = ("pair_id", "lam", "mu", "class_id", "class_name", "dice", "tre_mm", "epe_mm")
 #: Extra columns written when other labels chose (``--selection-labels``): the same scores with the dataset's labels.
-EVAL_COLUMNS = ("dice_eval", "tre_mm_eval")
+EVAL_COLUMNS = ("dice_eval", "tre_mm_eval", "epe_mm_eval")
+#: The score columns a file may have, in the orders it may have them (the first two: before ``epe_mm`` existed).
+_SCORE_LAYOUTS = (GRID_COLUMNS[5:7], GRID_COLUMNS[5:7] + EVAL_COLUMNS[:2], GRID_COLUMNS[5:],
+                  GRID_COLUMNS[5:] + EVAL_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -31,8 +37,9 @@ class GridScores:
     """Every score of an identification run.
 
     ``pair_ids`` (sorted), ``grid`` float64 ``[G, 2]`` in grid order, ``class_names`` (class id order) and
-    ``metrics``: column name -> float64 ``[P, G, C]`` (``dice``, ``tre_mm`` and optionally ``dice_eval``,
-    ``tre_mm_eval``; NaN where undefined).
+    ``metrics``: column name -> float64 ``[P, G, C]`` (``dice``, ``tre_mm``, ``epe_mm`` and, when other labels
+    chose, ``dice_eval``, ``tre_mm_eval``, ``epe_mm_eval``; NaN where undefined). ``metrics`` is kept in that
+    order, with the columns it lacks (but ``dice``) filled with NaN.
     """
 
     pair_ids: tuple[str, ...]
@@ -47,6 +54,20 @@ class GridScores:
     @property
     def tre_mm(self) -> torch.Tensor:
         return self.metrics["tre_mm"]
+
+    @property
+    def epe_mm(self) -> torch.Tensor:
+        return self.metrics["epe_mm"]
+
+    def __post_init__(self) -> None:
+        names = GRID_COLUMNS[5:] + (EVAL_COLUMNS if any(n in self.metrics for n in EVAL_COLUMNS) else ())
+        unknown = [n for n in self.metrics if n not in names]
+        if "dice" not in self.metrics or unknown:
+            raise ValueError(f"grid scores need a dice column and only the columns {list(names)}, got "
+                             f"{list(self.metrics)}")
+        like = self.metrics["dice"]
+        object.__setattr__(self, "metrics", {n: self.metrics[n] if n in self.metrics else
+                                             torch.full_like(like, math.nan) for n in names})
 
     @classmethod
     def for_pair(cls, pair_id: str, grid: torch.Tensor, class_names: Sequence[str],
@@ -86,9 +107,9 @@ def read_grid_scores(path: str | Path) -> GridScores:
         reader = csv.reader(handle)
         header = tuple(next(reader, ()))
         names = header[5:]
-        if header[:7] != GRID_COLUMNS or names not in (GRID_COLUMNS[5:], GRID_COLUMNS[5:] + EVAL_COLUMNS):
+        if header[:5] != GRID_COLUMNS[:5] or names not in _SCORE_LAYOUTS:
             raise ValueError(f"{path}: columns {list(header)}; a grid_scores.csv has columns {list(GRID_COLUMNS)} "
-                             f"(optionally followed by {list(EVAL_COLUMNS)})")
+                             f"(optionally followed by {list(EVAL_COLUMNS)}; older files lack the epe_mm columns)")
         cells: dict[tuple[str, tuple[float, float], int], list[float]] = {}
         class_names: dict[int, str] = {}
         for line, row in enumerate(reader, start=2):

@@ -1,23 +1,26 @@
-"""Scoring of grid points for parameter identification: per-class Dice and TRE of many displacements at once.
+"""Scoring of grid points for parameter identification: per-class Dice, TRE and EPE of many displacements at once.
 
 :func:`evaluate_pair` runs the global model once per chunk of grid points (images expanded to ``[g, 1, *S]``,
 parameters ``[g, 2]``) and scores every displacement with :func:`score_displacements`: Dice per class ``[G, C]`` of
-the nearest-warped moving labels, and TRE per class ``[G, C]`` in mm (:func:`class_tre`; keypoints grouped by the
-fixed label at their rounded position). The pair's labels and keypoints are prepared once
-(:func:`scoring_targets`) for all chunks. Fields ``[G, ndim, *S]`` in voxels on the fixed grid.
+the nearest-warped moving labels, TRE per class ``[G, C]`` in mm (keypoints grouped by the fixed label at their
+rounded position, :func:`~...evaluation.pair_metrics.keypoint_class_tre`) and, where the item has the true
+displacement, the mean end-point error per class ``[G, C]`` in mm
+(:func:`~...evaluation.pair_metrics.class_end_point_error`). The pair's labels, keypoints and true field are
+prepared once (:func:`scoring_targets`) for all chunks. Fields ``[G, ndim, *S]`` in voxels on the fixed grid.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from ...core.metrics import dice
-from ...core.transform import sample_at_points, warp
+from ...core.transform import warp
+from ...evaluation.pair_metrics import ClassKeypoints, class_end_point_error, class_keypoints, keypoint_class_tre
 
-__all__ = ["class_tre", "ScoringTargets", "scoring_targets", "score_displacements", "evaluate_pair",
+__all__ = ["ScoringTargets", "scoring_targets", "score_displacements", "evaluate_pair",
            "default_grid_batch"]
 
 
@@ -33,88 +36,47 @@ def default_grid_batch(device: torch.device | str) -> int:
 
 
 @dataclass(frozen=True)
-class _Keypoints:
-    """Keypoint pairs on the scoring device: ``fixed``, ``moving`` float64 ``[N, ndim]`` (voxels, N > 0), ``scale``
-    the voxel spacing ``[ndim]`` (mm) and ``classes`` ``[N]`` the fixed label at each fixed point."""
-
-    fixed: torch.Tensor
-    moving: torch.Tensor
-    scale: torch.Tensor
-    classes: torch.Tensor
-
-
-def _prepare_keypoints(fixed_keypoints: torch.Tensor, moving_keypoints: torch.Tensor, fixed_labels: torch.Tensor,
-                       spacing: Sequence[float] | torch.Tensor, device: torch.device) -> _Keypoints | None:
-    """Keypoints grouped by the fixed label ``[*S]`` at the fixed point rounded to the nearest voxel (clamped to the
-    image); None without keypoints."""
-    p = fixed_keypoints.to(device, torch.float64)
-    if p.shape[0] == 0:
-        return None
-    voxel = p.round().long()
-    for axis, size in enumerate(fixed_labels.shape):
-        voxel[:, axis].clamp_(0, size - 1)
-    return _Keypoints(p, moving_keypoints.to(device, torch.float64),
-                      torch.as_tensor(spacing, dtype=torch.float64).to(device),
-                      fixed_labels.to(device)[tuple(voxel.T)])
-
-
-def _tre_by_class(displacement: torch.Tensor, keypoints: _Keypoints | None, num_classes: int) -> torch.Tensor:
-    """Mean TRE per class in mm of fields ``[G, ndim, *S]``: float64 ``[G, C]``, NaN for a class without points."""
-    batch, ndim, shape = displacement.shape[0], displacement.shape[1], displacement.shape[2:]
-    device = displacement.device
-    if keypoints is None:
-        return torch.full((batch, num_classes), math.nan, dtype=torch.float64, device=device)
-    p, q = keypoints.fixed, keypoints.moving
-    # All G fields are sampled in one call as G * ndim channels: channel g * ndim + k is field g, axis k.
-    u = sample_at_points(displacement.to(torch.float64).reshape(batch * ndim, *shape), p).view(-1, batch, ndim)
-    distance = ((p[:, None] + u - q[:, None]) * keypoints.scale).norm(dim=-1).T  # [G, N]
-    sums = torch.zeros(batch, num_classes, dtype=torch.float64, device=device).index_add_(1, keypoints.classes,
-                                                                                           distance)
-    counts = torch.bincount(keypoints.classes, minlength=num_classes).to(torch.float64)
-    return torch.where(counts > 0, sums / counts.clamp(min=1.0), torch.full_like(sums, math.nan))
-
-
-def class_tre(displacement: torch.Tensor, fixed_keypoints: torch.Tensor, moving_keypoints: torch.Tensor,
-              fixed_labels: torch.Tensor, spacing: Sequence[float], num_classes: int) -> torch.Tensor:
-    """Mean TRE per class in mm for many fields at once: ``[G, ndim, *S]`` -> float64 ``[G, C]``.
-
-    Keypoints ``[N, ndim]`` (voxels) are grouped by the fixed label ``[*S]`` at the fixed keypoint rounded to the
-    nearest voxel; a class without keypoints is NaN. Per point the error is ``|(p + u(p) - q) * spacing|`` as in
-    ``metrics.tre`` (u linearly interpolated, border value outside).
-    """
-    keypoints = _prepare_keypoints(fixed_keypoints, moving_keypoints, fixed_labels, spacing, displacement.device)
-    return _tre_by_class(displacement, keypoints, num_classes)
-
-
-@dataclass(frozen=True)
 class ScoringTargets:
     """What one item's fields are scored against, on the scoring device, prepared once for all its fields:
-    ``fixed_labels``, ``moving_labels`` ``[1, 1, *S]`` int64 and the keypoints grouped by fixed label (None
-    without keypoints). Build with :func:`scoring_targets`."""
+    ``fixed_labels``, ``moving_labels`` ``[1, 1, *S]`` int64, the keypoints grouped by fixed label (None without
+    keypoints), the true displacement ``truth`` ``[ndim, *S]`` (voxels; None without one) and ``spacing`` (mm).
+    Build with :func:`scoring_targets`."""
 
     fixed_labels: torch.Tensor
     moving_labels: torch.Tensor
-    keypoints: _Keypoints | None
+    keypoints: ClassKeypoints | None
+    truth: torch.Tensor | None
+    spacing: tuple[float, ...]
 
 
 def scoring_targets(item: dict[str, Any], device: torch.device) -> ScoringTargets:
-    """A dataset item's labels (``fixed_labels``, ``moving_labels`` ``[1, *S]``) and keypoints, if it has them."""
+    """A dataset item's labels (``fixed_labels``, ``moving_labels`` ``[1, *S]``), keypoints and true displacement
+    (``gt_displacement``), if it has them."""
     fixed_labels = item["fixed_labels"].to(device)
+    spacing = tuple(float(s) for s in item["spacing"])
     keypoints = None
     if "fixed_keypoints" in item:
-        keypoints = _prepare_keypoints(item["fixed_keypoints"], item["moving_keypoints"], fixed_labels[0],
-                                       item["spacing"], device)
-    return ScoringTargets(fixed_labels[None], item["moving_labels"].to(device)[None], keypoints)
+        keypoints = class_keypoints(item["fixed_keypoints"], item["moving_keypoints"], fixed_labels[0], spacing,
+                                    device)
+    truth = item["gt_displacement"].to(device) if "gt_displacement" in item else None
+    return ScoringTargets(fixed_labels[None], item["moving_labels"].to(device)[None], keypoints, truth, spacing)
 
 
 def score_displacements(displacement: torch.Tensor, targets: ScoringTargets, num_classes: int
                         ) -> dict[str, torch.Tensor]:
-    """``dice`` and ``tre_mm`` (float64 ``[G, C]``) of fields ``[G, ndim, *S]`` against one item's labels and
-    keypoints (``tre_mm`` is NaN without keypoints). The fields come from the model: their values are not checked
-    (the labels are warped by nearest sampling, as ``metrics.warp_labels`` does after its checks)."""
+    """``dice``, ``tre_mm`` and ``epe_mm`` (float64 ``[G, C]``) of fields ``[G, ndim, *S]`` against one item's
+    labels, keypoints and true displacement (``tre_mm`` is NaN without keypoints, ``epe_mm`` without a true
+    displacement). The fields come from the model: their values are not checked (the labels are warped by nearest
+    sampling, as ``metrics.warp_labels`` does after its checks)."""
     warped = warp(targets.moving_labels, displacement, mode="nearest")
     per_class = dice(targets.fixed_labels, warped, num_classes).per_class
-    return {"dice": per_class, "tre_mm": _tre_by_class(displacement, targets.keypoints, num_classes)}
+    if targets.truth is None:
+        epe = torch.full_like(per_class, math.nan)
+    else:  # dataset labels lie in 0..C-1 (checked when they are loaded)
+        epe = class_end_point_error(displacement, targets.truth, targets.spacing, targets.fixed_labels[0, 0],
+                                    num_classes, validate=False)
+    return {"dice": per_class, "tre_mm": keypoint_class_tre(displacement, targets.keypoints, num_classes),
+            "epe_mm": epe}
 
 
 @torch.inference_mode()
@@ -125,9 +87,9 @@ def evaluate_pair(model: torch.nn.Module, item: dict[str, Any], grid: torch.Tens
     ``grid`` ``[G, P]`` (``(lam, mu)`` for the global model; any parameter vectors of ``model``); ``grid_batch``
     points share one forward pass of ``model`` (a parameter vector per sample, the images expanded; None:
     :func:`default_grid_batch` of the model's device). Without
-    ``selection`` the keys are ``dice`` and ``tre_mm`` of the item's labels; with ``selection`` (an item carrying
-    other labels, e.g. automatic segmentations) ``dice`` and ``tre_mm`` are those labels' scores and
-    ``dice_eval``, ``tre_mm_eval`` the item's own. The images and the grid are checked once (the first pass goes
+    ``selection`` the keys are ``dice``, ``tre_mm`` and ``epe_mm`` of the item's labels (:func:`score_displacements`);
+    with ``selection`` (an item carrying other labels, e.g. automatic segmentations) those are the classes of its
+    labels, and ``dice_eval``, ``tre_mm_eval``, ``epe_mm_eval`` the item's own. The images and the grid are checked once (the first pass goes
     through ``model.forward``), the other passes run ``model.register`` without the data checks.
     """
     device = next(model.parameters()).device

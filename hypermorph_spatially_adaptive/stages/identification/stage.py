@@ -10,7 +10,6 @@ is written (:mod:`.context`). Per-pair results go to ``OUT/.partial/<pair_id>.cs
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 from pathlib import Path
 
@@ -64,13 +63,9 @@ def _refine(args: argparse.Namespace, ctx: StageContext,
     mu = torch.tensor([r.mu for r in start], dtype=torch.float64)
     step = args.refine_step or (ctx.shard_options or vars(args))["grid_step"]  # a merge uses the shards' step
     result = refine_vector(ctx.spatial, items, lam, mu, step, args.criterion, args.refine_sweeps)
-    refined = []
-    for class_id, name in enumerate(ctx.class_names):
-        tre = float(result.tre_mm[class_id])
-        kind = "tre" if args.criterion == "tre" and not math.isnan(tre) else "dice"
-        refined.append(ParameterRow(POPULATION_REFINED, class_id, name, float(result.lam[class_id]),
-                                    float(result.mu[class_id]), kind, tre if kind == "tre" else
-                                    float(result.dice[class_id])))
+    refined = [ParameterRow(POPULATION_REFINED, class_id, name, float(result.lam[class_id]),
+                            float(result.mu[class_id]), *result.class_score(class_id, args.criterion))
+               for class_id, name in enumerate(ctx.class_names)]
     return result, refined
 
 

@@ -13,6 +13,13 @@ from .refinement import Refinement
 
 __all__ = ["summary_markdown", "run_summary"]
 
+_CRITERION_NOTES = {
+    "dice": "higher is better",
+    "tre": "lower, in mm, is better; classes without keypoints fall back to dice",
+    "epe": "the end-point error against the true displacement, lower, in mm, is better: an oracle bound that only "
+           "synthetic data allows; classes without voxels fall back to dice",
+}
+
 
 def summary_markdown(scores: GridScores, rows: Sequence[ParameterRow], notes: Sequence[str],
                      closing: Sequence[str] = ()) -> str:
@@ -46,8 +53,7 @@ def run_summary(args: argparse.Namespace, ctx: StageContext, scores: GridScores,
         f"Data: {options['dataset']} `{options['data_root']}`, split `{options['split']}`: "
         f"{len(scores.pair_ids)} pairs",
         f"Grid: {scores.grid.shape[0]} (lam, mu) points with lam + mu <= 1; (0, 0) is evaluated but never chosen",
-        f"Criterion: {args.criterion} ({'higher' if args.criterion == 'dice' else 'lower, in mm,'} is better); "
-        f"classes without keypoints fall back to dice",
+        f"Criterion: {args.criterion} ({_CRITERION_NOTES[args.criterion]})",
         f"Background class (--background {args.background}): it {BACKGROUND_NOTES[args.background]}",
         f"Labels that chose: {chose}",
         "Labels that scored: the dataset's labels" + (" (grid_scores.csv columns dice_eval, tre_mm_eval; last "

@@ -24,9 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(parser, split="test")
     add_run_args(parser, out="runs/default/inference")
     group = parser.add_argument_group("models and parameters")
-    add_model_arg(group, "spatial", "for the methods tissue_population, tissue_subject and literature; a model "
-                  "with 'tissue' or 'maps' conditioning (train_hypermorph_spatial.py --conditioning) needs the fixed "
-                  "labels of every pair (--fixed-labels with explicit files), the paper's 'vector' none", alias=True)
+    add_model_arg(group, "spatial", "for the methods tissue_population, tissue_subject, literature and "
+                  "tissue_oracle; a model with 'tissue' or 'maps' conditioning (train_hypermorph_spatial.py "
+                  "--conditioning) needs the fixed labels of every pair (--fixed-labels with explicit files), the "
+                  "paper's 'vector' none", alias=True)
     add_model_arg(group, "global", "for the method global")
     group.add_argument("--parameters", default="runs/default/identification/parameters.csv",
                        help="parameters.csv written by parameter_identification.py")
@@ -37,6 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--literature-params", type=float, nargs="+", default=None, metavar=("LAM", "MU"),
                        help="method literature: the (lam, mu) of every class; or 2C values, lam_0..lam_{C-1} "
                             "mu_0..mu_{C-1}")
+    oracle = parser.add_argument_group(
+        "method tissue_oracle (an upper reference on synthetic data, never a method for real data)",
+        "The spatial model at the per-class vector that minimises the end-point error against the true\n"
+        "displacement on the pairs of --oracle-split (identification's --refine search by EPE from the population\n"
+        "vector of --parameters), chosen once and written to OUT/oracle_parameters.csv.")
+    oracle.add_argument("--oracle-split", default="val",
+                        help="split of the same dataset (--data-root) whose pairs, with a true displacement, choose the "
+                             "vector")
+    oracle.add_argument("--oracle-max-pairs", type=int, default=None, metavar="N",
+                        help="use the first N pairs of --oracle-split")
+    oracle.add_argument("--oracle-step", type=float, default=0.1,
+                        help="first step of the coordinate search (identification's --refine-step)")
+    oracle.add_argument("--oracle-sweeps", type=int, default=3,
+                        help="sweeps over the classes (identification's --refine-sweeps)")
     files = parser.add_argument_group("explicit files (instead of a dataset split)")
     files.add_argument("--fixed", default=None, help="fixed image (NIfTI); the outputs live on its grid")
     files.add_argument("--moving", default=None, help="moving image (NIfTI)")
@@ -62,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="panel figures of the first N pairs and the Dice chart (0: no figures)")
     evaluation.add_argument("--max-pairs", type=int, default=None, metavar="N", help="use the first N pairs")
     evaluation.add_argument("--resume", action="store_true",
-                            help="skip pairs whose rows (OUT/.partial/) and outputs already exist")
+                            help="skip pairs whose rows (OUT/.partial/) and outputs already exist, and reuse "
+                                 "OUT/oracle_parameters.csv")
     return parser
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,7 +15,8 @@ from ...models.networks import HyperVxmDense
 from ...runtime import resolve_device
 from ..cli import open_dataset
 from ..parameter_table import GLOBAL, POPULATION, POPULATION_REFINED, ParameterTable, read_parameters
-from .pairs import LITERATURE, METHODS, SPATIAL_METHODS, output_stem
+from .oracle import ORACLE_FILE, read_oracle
+from .pairs import LITERATURE, METHODS, SPATIAL_METHODS, TISSUE_ORACLE, output_stem
 
 __all__ = ["StageContext", "prepare"]
 
@@ -35,6 +36,11 @@ class StageContext:
     stems: list[str]
     dataset: Any
     explicit_item: dict[str, Any] | None
+    #: Method tissue_oracle: the pairs of --oracle-split that choose its vector, or the vector an earlier run chose
+    #: (--resume), or the one this run chose (set by the stage).
+    oracle_dataset: Any = None
+    oracle_pair_ids: list[str] = field(default_factory=list)
+    oracle: ParameterTable | None = None
 
     def item(self, index: int) -> dict[str, Any]:
         return self.explicit_item if self.explicit_item is not None else self.dataset[index]
@@ -57,8 +63,12 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise ValueError("--data-root is required (the dataset folder), or give --fixed and --moving")
     if args.figures < 0:
         raise ValueError(f"--figures must be >= 0, got {args.figures}")
-    if args.max_pairs is not None and args.max_pairs < 1:
-        raise ValueError(f"--max-pairs must be >= 1, got {args.max_pairs}")
+    for flag, value in (("--max-pairs", args.max_pairs), ("--oracle-max-pairs", args.oracle_max_pairs),
+                        ("--oracle-sweeps", args.oracle_sweeps)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if not 0 < args.oracle_step <= 1:
+        raise ValueError(f"--oracle-step must lie in (0, 1], got {args.oracle_step}")
 
 
 def _literature(values: Sequence[float] | None, class_names: Sequence[str]) -> torch.Tensor:
@@ -133,10 +143,40 @@ def _check_scopes(table: ParameterTable, methods: list[str], population_scope: s
         needed[population_scope] = "tissue_population"
     if "tissue_subject" in methods and any(not table.has(p) for p in pair_ids):
         needed[population_scope] = "tissue_subject (for pairs without their own rows)"
+    if TISSUE_ORACLE in methods:
+        needed.setdefault(population_scope, "tissue_oracle (its search starts there)")
     for scope, method in needed.items():
         if not table.has(scope):
             raise ValueError(f"--parameters {source}: no rows for scope {scope!r}, needed by --methods {method}; "
                              f"scopes present: {table.scopes}")
+
+
+def _oracle_pairs(args: argparse.Namespace, models: dict, class_names: Sequence[str]) -> tuple[Any, list[str]]:
+    """The dataset split and pair ids that choose the ``tissue_oracle`` vector, checked: ground truth and labels in
+    its pairs, the spatial elastic model of the data's classes."""
+    why = "tissue_oracle chooses its vector by the end-point error against the true displacement"
+    model, info = models["spatial"]
+    if info.regularizer != "elastic" or model.nb_hyp_params != 2 * len(class_names):
+        raise ValueError(f"--spatial-model {info.path}: a {info.regularizer} model with {model.nb_hyp_params} "
+                         f"parameters; {why} with the spatial elastic model ({2 * len(class_names)} parameters)")
+    if args.data_root is None:
+        raise ValueError(f"--methods tissue_oracle needs --data-root: {why} on the pairs of --oracle-split "
+                         f"{args.oracle_split} of that dataset")
+    try:
+        dataset = open_dataset(args, split=args.oracle_split)
+    except ValueError as error:
+        raise ValueError(f"--oracle-split {args.oracle_split}: {error}") from error
+    if tuple(dataset.class_names) != tuple(class_names) or dataset.ndim != model.ndim:
+        raise ValueError(f"--oracle-split {args.oracle_split}: {dataset.ndim}D pairs with classes "
+                         f"{list(dataset.class_names)}; the {model.ndim}D spatial model has {list(class_names)}")
+    pair_ids = dataset.pair_ids[:args.oracle_max_pairs]
+    first = dataset[0]
+    for key, what in (("gt_displacement", "true displacement"), ("fixed_labels", "label maps")):
+        if key not in first:
+            raise ValueError(f"--oracle-split {args.oracle_split}: pair {pair_ids[0]} of --dataset {args.dataset} has "
+                             f"no {what}; {why} inside each class, which only synthetic data such as the phantom "
+                             f"allows")
+    return dataset, pair_ids
 
 
 def prepare(args: argparse.Namespace) -> StageContext:
@@ -177,5 +217,10 @@ def prepare(args: argparse.Namespace) -> StageContext:
     if not args.resume and ((out / "metrics.csv").exists() or (out / ".partial").exists()):
         raise ValueError(f"--out {out} already holds inference results; pass --resume to continue them or choose "
                          f"another --out")
-    return StageContext(args, out, device, methods, models, class_names, table, population_scope, literature, pair_ids,
-                  stems, dataset, explicit_item)
+    ctx = StageContext(args, out, device, methods, models, class_names, table, population_scope, literature,
+                       pair_ids, stems, dataset, explicit_item)
+    if TISSUE_ORACLE in methods:
+        ctx.oracle_dataset, ctx.oracle_pair_ids = _oracle_pairs(args, models, class_names)
+        if args.resume and (out / ORACLE_FILE).is_file():
+            ctx.oracle = read_oracle(out / ORACLE_FILE, class_names)
+    return ctx

@@ -2,8 +2,9 @@
 
 Methods (:data:`METHODS`): ``global`` (the global model at the ``global`` scope of ``parameters.csv``),
 ``tissue_population`` (the spatial model with the ``population`` vector, or ``population_refined``),
-``tissue_subject`` (the spatial model with the pair's own rows, else the population vector) and ``literature``
-(the spatial model at one given (lam, mu) for every class, or a given vector). The networks see the two images and
+``tissue_subject`` (the spatial model with the pair's own rows, else the population vector), ``literature``
+(the spatial model at one given (lam, mu) for every class, or a given vector) and ``tissue_oracle`` (the spatial
+model at the vector chosen by the true error on other pairs, :mod:`.oracle`: an upper reference on synthetic data). The networks see the two images and
 the parameter vector, and a spatial model with ``maps`` or ``tissue`` conditioning also the fixed labels, which place
 each class's values; otherwise labels and keypoints are used for scoring only. Output files of a pair, on the fixed grid
 with its affine, in ``OUT/<method>/``: ``warped_<stem>``, ``warped_labels_<stem>`` (with labels), ``disp_<stem>``
@@ -21,17 +22,18 @@ import torch
 
 from ...core.metrics import jacobian_determinant, warp_labels
 from ...data import nifti_io
-from ...evaluation.pair_metrics import pair_metrics
+from ...evaluation.pair_metrics import pair_metrics, tissue_metrics
 from ...models.networks import HyperVxmDense
-from ..parameter_table import GLOBAL, POPULATION, ParameterTable
+from ..parameter_table import GLOBAL, ORACLE, POPULATION, ParameterTable
 
-__all__ = ["METHODS", "DEFAULT_METHODS", "SPATIAL_METHODS", "LITERATURE", "PairResult", "output_stem",
-           "method_parameters", "register", "score_pair", "output_paths", "write_outputs"]
+__all__ = ["METHODS", "DEFAULT_METHODS", "SPATIAL_METHODS", "LITERATURE", "TISSUE_ORACLE", "PairResult",
+           "output_stem", "method_parameters", "register", "score_pair", "output_paths", "write_outputs"]
 
-METHODS = ("global", "tissue_population", "tissue_subject", "literature")
+METHODS = ("global", "tissue_population", "tissue_subject", "literature", "tissue_oracle")
 DEFAULT_METHODS = ("global", "tissue_population", "tissue_subject")
-SPATIAL_METHODS = ("tissue_population", "tissue_subject", "literature")
-LITERATURE = "literature"
+SPATIAL_METHODS = ("tissue_population", "tissue_subject", "literature", "tissue_oracle")
+LITERATURE, TISSUE_ORACLE = "literature", "tissue_oracle"
+
 
 def output_stem(pair_id: str) -> str:
     """Learn2Reg file stem ``<fixed case>_<moving case>`` of a dataset pair: ``"0101"`` -> ``"0101_0101"``.
@@ -42,11 +44,13 @@ def output_stem(pair_id: str) -> str:
 
 
 def method_parameters(method: str, pair_id: str, table: ParameterTable, population_scope: str = POPULATION,
-                      literature: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+                      literature: torch.Tensor | None = None,
+                      oracle: ParameterTable | None = None) -> tuple[torch.Tensor, str]:
     """The model input ``[1, P]`` of ``method`` for ``pair_id`` and the scope it came from.
 
     ``global`` -> ``[[lam, mu]]`` of the global scope; ``tissue_population`` -> ``population_scope``;
-    ``tissue_subject`` -> the pair's own scope, else ``population_scope``; ``literature`` -> ``literature``.
+    ``tissue_subject`` -> the pair's own scope, else ``population_scope``; ``literature`` -> ``literature``;
+    ``tissue_oracle`` -> the ``oracle`` scope of ``oracle`` (``oracle_parameters.csv``).
     """
     if method == "global":
         return torch.tensor([table.global_pair()], dtype=torch.float32), GLOBAL
@@ -59,6 +63,10 @@ def method_parameters(method: str, pair_id: str, table: ParameterTable, populati
         if literature is None:
             raise ValueError("--methods literature needs --literature-params")
         return literature.reshape(1, -1).float(), LITERATURE
+    if method == TISSUE_ORACLE:
+        if oracle is None:
+            raise ValueError("--methods tissue_oracle: its parameters have not been chosen")
+        return oracle.hyper(ORACLE), ORACLE
     raise ValueError(f"--methods: unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
@@ -100,7 +108,8 @@ class PairResult:
 
 def score_pair(item: dict[str, Any], method: str, warped: torch.Tensor, displacement: torch.Tensor,
                runtime_s: float, source: str, class_names: Sequence[str], hd95: bool) -> PairResult:
-    """Metrics row (the documented columns plus ``epe_mm``, ``parameters_source``) and the arrays to write."""
+    """Metrics row (the documented columns plus ``epe_mm``, ``parameters_source`` and the per-class columns of
+    :func:`~...evaluation.pair_metrics.tissue_metrics`) and the arrays to write."""
     field = displacement[0].detach().cpu()
     warped_labels = None
     if "moving_labels" in item:
@@ -108,7 +117,8 @@ def score_pair(item: dict[str, Any], method: str, warped: torch.Tensor, displace
     jacdet = jacobian_determinant(field, tuple(float(s) for s in item["spacing"]))
     metrics = pair_metrics(field, item, class_names, hd95=hd95, jacobian=jacdet, warped_labels=warped_labels)
     row = {"pair_id": item["pair_id"], "method": method, "hd95_mm": float("nan"), "epe_mm": float("nan"),
-           **metrics, "runtime_s": runtime_s, "parameters_source": source}
+           **metrics, "runtime_s": runtime_s, "parameters_source": source,
+           **tissue_metrics(field, item, class_names)}
     return PairResult(warped[0, 0].detach().cpu(), warped_labels, field, jacdet, row)
 
 

@@ -1,8 +1,9 @@
 """The inference run: register every pair with every method, score it, write the outputs and the report.
 
 Writes ``OUT/<method>/`` (:mod:`.pairs`), ``OUT/metrics.csv``, ``OUT/summary.{csv,md}`` (:mod:`.report`),
-``OUT/figures/`` (:mod:`.figures`) and ``OUT/config.json``. Rows of finished pairs go to ``OUT/.partial/`` as they
-are written, so ``--resume`` skips them.
+``OUT/figures/`` (:mod:`.figures`) and ``OUT/config.json``; with method ``tissue_oracle`` first
+``OUT/oracle_parameters.csv`` (:mod:`.oracle`). Rows of finished pairs go to ``OUT/.partial/`` as they are written, so
+``--resume`` skips them (and reuses the oracle's file).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from ..cli import write_config
 from ..parameter_table import POPULATION, POPULATION_REFINED
 from . import figures, report
 from .context import StageContext, prepare
-from .pairs import method_parameters, output_paths, register, score_pair, write_outputs
+from .oracle import ORACLE_FILE, choose_oracle
+from .pairs import TISSUE_ORACLE, method_parameters, output_paths, register, score_pair, write_outputs
 
 __all__ = ["run"]
 
@@ -55,7 +57,8 @@ def _run_pair(ctx: StageContext, index: int, methods: list[str], warmed: set) ->
     pair_id, stem = ctx.pair_ids[index], ctx.stems[index]
     rows, kept = {}, {}
     for method in methods:
-        hyper, source = method_parameters(method, pair_id, ctx.table, ctx.population_scope, ctx.literature)
+        hyper, source = method_parameters(method, pair_id, ctx.table, ctx.population_scope, ctx.literature,
+                                          ctx.oracle)
         kind = "global" if method == "global" else "spatial"
         model = ctx.models[kind][0]
         if kind not in warmed:  # the first call pays for allocations and kernel selection; keep it out of runtime_s
@@ -76,6 +79,21 @@ def _run_pair(ctx: StageContext, index: int, methods: list[str], warmed: set) ->
     return rows
 
 
+def _choose_oracle(ctx: StageContext) -> str:
+    """Choose the ``tissue_oracle`` vector (unless ``--resume`` found it) and say how, for the summary's notes."""
+    args, path = ctx.args, ctx.out / ORACLE_FILE
+    what = (f"tissue_oracle: an upper reference, not a method for real data: the spatial model at the per-class "
+            f"vector chosen by the end-point error against the true displacement on {len(ctx.oracle_pair_ids)} "
+            f"pair(s) of split {args.oracle_split!r} ({ORACLE_FILE})")
+    if ctx.oracle is not None:
+        return f"{what}, reused from the interrupted run (--resume)"
+    items = [ctx.oracle_dataset[i] for i in range(len(ctx.oracle_pair_ids))]
+    ctx.oracle, search = choose_oracle(ctx.models["spatial"][0], items, ctx.table, ctx.population_scope, path,
+                                       args.oracle_step, args.oracle_sweeps)
+    return (f"{what}; mean foreground EPE there {search.start_score:.4g} mm at the {ctx.population_scope!r} vector "
+            f"-> {search.score:.4g} mm after {search.sweeps} sweep(s), {search.evaluations} vectors evaluated")
+
+
 def run(args: argparse.Namespace) -> Path:
     """Validate every input, then register, score and write (see the module docstring); returns ``--out``."""
     ctx = prepare(args)
@@ -83,8 +101,11 @@ def run(args: argparse.Namespace) -> Path:
     ctx.out.mkdir(parents=True, exist_ok=True)
     write_config(ctx.out, args, methods=ctx.methods, class_names=list(ctx.class_names),
                  population_scope=ctx.population_scope, pair_ids=ctx.pair_ids,
-                 models={kind: str(info.path) for kind, (_, info) in ctx.models.items()})
+                 models={kind: str(info.path) for kind, (_, info) in ctx.models.items()},
+                 **({"oracle_pair_ids": ctx.oracle_pair_ids} if TISSUE_ORACLE in ctx.methods else {}))
     notes = _notices(ctx)
+    if TISSUE_ORACLE in ctx.methods:
+        notes.append(_choose_oracle(ctx))
     for note in notes:
         tqdm.write(f"notice: {note}")
     rows: list[dict] = []
