@@ -1,5 +1,6 @@
-"""Data: paired registration datasets (Learn2Reg NLST and Lung CT, ACDC, the synthetic phantom), their geometry and
-files, an explicit pair of NIfTI files, and the phantom generator (:mod:`.phantom`).
+"""Data: paired registration datasets (Learn2Reg NLST and Lung CT, ACDC, the synthetic phantom, your own pairs listed
+in a CSV), their geometry and files (NIfTI through nibabel, any ITK format through SimpleITK), an explicit pair of
+files, and the phantom generator (:mod:`.phantom`).
 
 Every dataset yields one dict per pair (see :mod:`.registry`): images ``[1, *S]`` float32 in [0, 1], labels
 ``[1, *S]`` int64, keypoints ``[N, ndim]`` in voxels, ``spacing`` in mm and the fixed image's ``affine``. This
@@ -10,6 +11,7 @@ from .grids import Grid, crop_grid, map_points, resample_displacement, resample_
     voxel_spacing
 from .learn2reg import Learn2RegDataset, LungCTDataset, NLSTDataset
 from .pair_dataset import SPLITS, EmptySplitError, PairDataset, make_item
+from .pair_list import PairListDataset
 from .phantom_dataset import PhantomDataset
 from .registry import available_datasets, collate_pairs, get_dataset
 from .volume_io import AFFINE_ATOL_MM, DEFAULT_HU_WINDOW, read_keypoints, robust_minmax, window_ct
@@ -27,6 +29,7 @@ __all__ = [
     "LungCTDataset",
     "PhantomDataset",
     "ACDCDataset",
+    "PairListDataset",
     "Grid",
     "voxel_spacing",
     "slice_grid",

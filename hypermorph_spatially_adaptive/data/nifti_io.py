@@ -1,9 +1,10 @@
-"""NIfTI files in and out of inference: an explicit fixed/moving pair as a dataset item, and the output volumes.
+"""Files in and out of inference: an explicit fixed/moving pair as a dataset item, and the Learn2Reg NIfTI outputs.
 
-Reading (:func:`read_pair`) gives the same dict as a dataset item (see :mod:`.registry`): ``fixed``, ``moving``
+Reading (:func:`read_pair`) takes any format of :mod:`.image_io` (NIfTI, MHA/MHD, NRRD, a DICOM series folder)
+and gives the same dict as a dataset item (see :mod:`.registry`): ``fixed``, ``moving``
 ``[1, *S]`` float32, optional ``fixed_labels``/``moving_labels`` ``[1, *S]`` int64 and
 ``fixed_keypoints``/``moving_keypoints`` ``[N, ndim]`` (voxels), ``spacing`` (mm, from the header), the fixed
-image's ``affine`` and ``pair_id``. A 2D image is a NIfTI of shape ``[H, W]`` or ``[H, W, 1]`` with a 4x4 affine.
+image's ``affine`` (voxel -> RAS) and ``pair_id``. A 2D image is a 2D file or a 3D one of shape ``[H, W, 1]``.
 The moving image, labels and keypoints are carried onto the fixed grid through the affines when the grids
 differ (``resample=False`` refuses instead). Every error is a ValueError naming the flag of the file at fault.
 
@@ -21,10 +22,10 @@ import numpy as np
 import torch
 
 from ..files import atomic_write
+from . import image_io
 from .grids import Grid, map_points, resample_volume, voxel_spacing
 from .pair_dataset import make_item
-from .volume_io import (check_same_grid, load_image, load_labels, read_keypoints, robust_minmax, same_affine,
-                        window_ct)
+from .volume_io import check_same_grid, read_keypoints, robust_minmax, same_affine, window_ct
 
 __all__ = ["INTENSITY_MODES", "read_pair", "read_displacement", "write_volume", "write_displacement", "file_stem"]
 
@@ -38,29 +39,25 @@ INTENSITY_MODES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def file_stem(path: str | Path) -> str:
-    """``dir/PHANTOM_0001_0000.nii.gz`` -> ``PHANTOM_0001_0000``."""
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
+    """``dir/PHANTOM_0001_0000.nii.gz`` -> ``PHANTOM_0001_0000`` (any format's ending; a DICOM folder's name)."""
+    return image_io.strip_suffix(path)
 
 
 def _read(path: str | Path, flag: str, loader: Callable[..., Any], *args: Any) -> Any:
     """``loader(path, *args)`` (a :mod:`.volume_io` reader) with every failure a ValueError naming ``flag`` and the
     file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"{flag} {path}: file not found")
     try:
         return loader(path, *args)
-    except Exception as error:  # noqa: BLE001 - nibabel raises several types; report them all with the flag
-        raise ValueError(f"{flag} {path}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - the readers raise several types; report them all with the flag
+        raise ValueError(f"{flag} {error}") from error
 
 
 def _read_image(path: str | Path, flag: str) -> tuple[np.ndarray, np.ndarray, int]:
     """Image as 3 axes (a 2D image as ``[H, W, 1]``, float32, values as stored), its affine and its own ndim."""
-    array, affine = _read(path, flag, load_image)
+    array, affine = _read(path, flag, image_io.read_image, "image")
     if array.ndim != 3:
         raise ValueError(f"{flag} {path}: expected a 2D or 3D image, got shape {array.shape}")
     return array, affine, 2 if array.shape[2] == 1 else 3
@@ -70,7 +67,7 @@ def _labels(path: str | Path, flag: str, image_path: str | Path, image: tuple[np
             num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
     """A label map on the grid of the image ``(array, affine)`` read from ``image_path``, with whole values in
     ``0..num_classes-1``, as int64."""
-    labels, affine = _read(path, flag, load_labels, num_classes)
+    labels, affine = _read(path, flag, image_io.read_labels, num_classes)
     try:
         check_same_grid(Path(path), (labels.shape, affine), Path(image_path), (image[0].shape, image[1]))
     except ValueError as error:
@@ -96,7 +93,7 @@ def read_pair(fixed: str | Path, moving: str | Path, *, fixed_labels: str | Path
               moving_labels: str | Path | None = None, fixed_keypoints: str | Path | None = None,
               moving_keypoints: str | Path | None = None, intensity: str = "ct", resample: bool = True,
               num_classes: int | None = None, pair_id: str | None = None) -> dict[str, Any]:
-    """Read an explicit pair of NIfTI files into a dataset item on the fixed image's grid.
+    """Read an explicit pair of image files (any format of :mod:`.image_io`) into a dataset item on the fixed grid.
 
     ``intensity`` scales both images to [0, 1] (see :data:`INTENSITY_MODES`); labels must hold ``0..C-1``
     (``num_classes``); keypoint CSVs are header-less rows of voxel coordinates of their own image. When the

@@ -89,6 +89,11 @@ class PairDataset(Dataset):
     def _load(self, record: Any) -> dict[str, Any]:
         raise NotImplementedError
 
+    def fixed_file(self, index: int) -> Path:
+        """The fixed image file (or DICOM series folder) of pair ``index``: outputs written "in the fixed image's
+        format" take its format."""
+        return Path(self._pairs[index].fixed)
+
     def with_label_folder(self, folder: str | Path) -> "PairDataset":
         """A copy that reads every label map from ``folder`` (same file names) instead of its own files.
 

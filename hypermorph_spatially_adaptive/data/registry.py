@@ -28,7 +28,8 @@ in ``__getitem__`` (optionally cached in memory with ``cache=True``; each DataLo
 
 One module per concept in this sub-package: :mod:`.grids` (geometry and resampling), :mod:`.volume_io` (NIfTI
 and keypoint files, intensity scaling), :mod:`.pair_dataset` (the base class and the item dict), :mod:`.learn2reg`
-(NLST, Lung CT), :mod:`.phantom_dataset`, :mod:`.acdc`; :mod:`.nifti_io` reads an explicit pair of files.
+(NLST, Lung CT), :mod:`.phantom_dataset`, :mod:`.acdc`, :mod:`.pair_list` (your own pairs listed in a CSV, any
+format through :mod:`.image_io`); :mod:`.nifti_io` reads an explicit pair of files.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ import torch
 from .acdc import ACDCDataset
 from .learn2reg import LungCTDataset, NLSTDataset
 from .pair_dataset import PairDataset
+from .pair_list import PairListDataset
 from .phantom_dataset import PhantomDataset
 
 __all__ = ["get_dataset", "available_datasets", "collate_pairs"]
@@ -50,6 +52,7 @@ _DATASETS: dict[str, type[PairDataset]] = {
     "lungct": LungCTDataset,
     "acdc": ACDCDataset,
     "phantom": PhantomDataset,
+    "pairs": PairListDataset,
 }
 
 
@@ -72,7 +75,8 @@ def get_dataset(name: str, root: str | Path, split: str = "train", **options: An
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for dataset {key!r}; accepted: {accepted}")
     if root is None:
-        raise ValueError(f"root must be the folder of the {key} dataset, got None")
+        what = "the pairs CSV (or its folder)" if key == "pairs" else f"the folder of the {key} dataset"
+        raise ValueError(f"root must be {what}, got None")
     return cls(root, split, **options)
 
 

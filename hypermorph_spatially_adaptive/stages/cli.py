@@ -28,6 +28,7 @@ __all__ = [
     "lam_mu",
     "parse_args_with_config",
     "dataset_options",
+    "resolve_data_root",
     "open_dataset",
     "run_stage",
     "write_config",
@@ -42,8 +43,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 def add_data_args(parser: argparse.ArgumentParser, split: str = "train") -> None:
     """Flags that choose the data: dataset name, root, split and loader options."""
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default="phantom", help="dataset name: nlst, lungct, acdc or phantom")
+    group.add_argument("--dataset", default="phantom", help="dataset name: nlst, lungct, acdc, phantom, or pairs (your "
+                                                            "own files listed in --pairs-csv)")
     group.add_argument("--data-root", default=None, help="dataset folder (its layout: README, Data)")
+    group.add_argument("--pairs-csv", default=None, metavar="FILE",
+                       help="--dataset pairs: the CSV listing fixed, moving (and optional labels, keypoints, split, "
+                            "pair_id) files of any format; relative paths are read from its folder")
     group.add_argument("--split", default=split, help="split to use: train, val or test")
     group.add_argument("--ndim", type=int, choices=(2, 3), default=None,
                        help="2 for the documented 2D mode of a 3D dataset (default: the data's own)")
@@ -156,6 +161,19 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def resolve_data_root(args: argparse.Namespace) -> None:
+    """``--pairs-csv`` is the data root of ``--dataset pairs`` (and needs it): set ``args.data_root`` from it, so
+    that every stage records and compares one data location. ValueError for contradicting flags."""
+    csv_file = getattr(args, "pairs_csv", None)
+    if csv_file is None:
+        return
+    if str(args.dataset).lower() != "pairs":
+        raise ValueError(f"--pairs-csv {csv_file} lists the pairs of --dataset pairs, got --dataset {args.dataset}")
+    if args.data_root is not None and Path(args.data_root).resolve() != Path(csv_file).resolve():
+        raise ValueError(f"--dataset pairs: give --pairs-csv {csv_file} or --data-root {args.data_root}, not both")
+    args.data_root = csv_file
+
+
 def open_dataset(args: argparse.Namespace, split: str | None = None) -> Any:
     """The ``split`` (default ``--split``) of the dataset named by the data flags.
 
@@ -164,12 +182,16 @@ def open_dataset(args: argparse.Namespace, split: str | None = None) -> Any:
     ValueError.
     """
     split = args.split if split is None else split
+    resolve_data_root(args)
     if args.data_root is None:
+        if str(args.dataset).lower() == "pairs":
+            raise ValueError("--dataset pairs needs --pairs-csv FILE (the CSV that lists your pairs)")
         raise ValueError(f"--data-root is required: the {args.dataset} dataset folder")
     try:
         return registry.get_dataset(args.dataset, args.data_root, split, **dataset_options(args))
     except (ValueError, FileNotFoundError) as error:  # a missing root or description file is bad input too
-        given = [f"--dataset {args.dataset}", f"--data-root {args.data_root}", f"split {split!r}"]
+        root_flag = "--pairs-csv" if getattr(args, "pairs_csv", None) else "--data-root"
+        given = [f"--dataset {args.dataset}", f"{root_flag} {args.data_root}", f"split {split!r}"]
         for flag, value in (("--ndim", args.ndim), ("--image-size", args.image_size),
                             ("--target-spacing", args.target_spacing), ("--dataset-option", args.dataset_option)):
             if value:

@@ -599,7 +599,7 @@ def test_collate_pairs_stacks_tensors_and_keeps_keypoints_as_lists(tmp_path):
 
 
 def test_get_dataset_rejects_unknown_names_and_options(tmp_path):
-    assert datasets.available_datasets() == ("nlst", "lungct", "acdc", "phantom")
+    assert datasets.available_datasets() == ("nlst", "lungct", "acdc", "phantom", "pairs")
     with pytest.raises(ValueError, match="nlst, lungct, acdc, phantom"):
         datasets.get_dataset("brats", tmp_path, "train")
     with pytest.raises(ValueError, match="unknown option.*spacings"):

@@ -13,7 +13,7 @@ from ...data import nifti_io
 from ...models.trained import ModelInfo, load_trained_model
 from ...models.networks import HyperVxmDense
 from ...runtime import resolve_device
-from ..cli import open_dataset
+from ..cli import open_dataset, resolve_data_root
 from ..parameter_table import GLOBAL, POPULATION, POPULATION_REFINED, ParameterTable, read_parameters
 from .oracle import ORACLE_FILE, read_oracle
 from .pairs import LITERATURE, METHODS, SPATIAL_METHODS, TISSUE_ORACLE, output_stem
@@ -59,8 +59,10 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
 def _check_flags(args: argparse.Namespace) -> None:
     if (args.fixed is None) != (args.moving is None):
         raise ValueError("--fixed and --moving must be given together (explicit-files mode)")
+    resolve_data_root(args)
     if args.fixed is None and args.data_root is None:
-        raise ValueError("--data-root is required (the dataset folder), or give --fixed and --moving")
+        raise ValueError("--data-root is required (the dataset folder; --pairs-csv for --dataset pairs), or give "
+                         "--fixed and --moving")
     if args.figures < 0:
         raise ValueError(f"--figures must be >= 0, got {args.figures}")
     for flag, value in (("--max-pairs", args.max_pairs), ("--oracle-max-pairs", args.oracle_max_pairs),
