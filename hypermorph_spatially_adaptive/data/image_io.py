@@ -13,7 +13,9 @@ Conventions, the same as for the NIfTI files read with nibabel (:mod:`.volume_io
   (:func:`affine_from_itk`; :func:`itk_geometry` is the inverse). A point's RAS and LPS coordinates differ by
   the sign of x and y (:data:`LPS_TO_RAS`).
 - A 2D image is returned as ``[H, W, 1]`` with a 4x4 affine whose third column is the unit vector along world z,
-  as a 2D NIfTI; a 3D image of one slice is ``[H, W, 1]`` too, with its own third column.
+  as a 2D NIfTI; a 3D image of one slice is ``[H, W, 1]`` too, with its own third column. ITK cannot hold a 2D
+  image whose plane leaves the x-y plane (a coronal slice, say): such 2D NIfTI files are read with nibabel, and
+  such 2D outputs are written as one slice of a 3D image.
 
 Displacement fields in ITK formats (:func:`write_displacement`, :func:`read_displacement`) follow ITK's
 convention: a vector image on the fixed grid whose vectors are physical LPS millimetres, so that
@@ -178,6 +180,21 @@ def _checked(path: Path, what: str, fmt: str | None = None) -> str:
     return fmt or image_format(path)
 
 
+def _nibabel_only(path: Path, fmt: str):
+    """The nibabel image of a 2D NIfTI whose plane leaves x-y (ITK refuses its direction), else None."""
+    if fmt != "nifti":
+        return None
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+    except Exception:  # noqa: BLE001 - not readable by nibabel either: SimpleITK reports it
+        return None
+    if len(image.shape) == 2 and not _plain_2d(np.asarray(image.affine, dtype=np.float64)):
+        return image
+    return None
+
+
 def read_header(path: str | Path, what: str = "image") -> ImageHeader:
     """Shape, affine, components and format from the header only (no voxel data is read).
 
@@ -187,6 +204,9 @@ def read_header(path: str | Path, what: str = "image") -> ImageHeader:
     """
     path = Path(path)
     fmt = _checked(path, what)
+    image = _nibabel_only(path, fmt)
+    if image is not None:
+        return ImageHeader(tuple(int(n) for n in image.shape), np.asarray(image.affine, dtype=np.float64), 1, fmt)
     try:
         if fmt == "dicom" and path.is_dir():
             files = dicom_series_files(path)
@@ -236,12 +256,17 @@ def _to_array(image, path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     return (array[..., None] if ndim == 2 else array), affine
 
 
+def _read_array(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    image = _nibabel_only(path, _checked(path, what))
+    if image is not None:
+        return np.ascontiguousarray(np.asanyarray(image.dataobj))[..., None], np.asarray(image.affine, np.float64)
+    return _to_array(_read_itk(path, what), path, what)
+
+
 def read_image(path: str | Path, what: str = "image") -> tuple[np.ndarray, np.ndarray]:
     """Image (float32, 3 axes in i, j, k order, values as stored after the file's rescale) and its voxel -> RAS
     affine (float64 ``[4, 4]``); a 2D image as ``[H, W, 1]``. Errors name ``what`` and the file."""
-    path = Path(path)
-    _checked(path, what)
-    array, affine = _to_array(_read_itk(path, what), path, what)
+    array, affine = _read_array(Path(path), what)
     return array.astype(np.float32, copy=False), affine
 
 
@@ -249,8 +274,7 @@ def read_labels(path: str | Path, num_classes: int | None = None, what: str = "l
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Integer label map (int64, 3 axes) and affine; values must be whole numbers in ``0..num_classes-1``."""
     path = Path(path)
-    _checked(path, what)
-    data, affine = _to_array(_read_itk(path, what), path, what)
+    data, affine = _read_array(path, what)
     if data.dtype.kind == "f" and (not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data))):
         raise ValueError(f"{what} {path}: values must be whole numbers")
     data = data.astype(np.int64)

@@ -388,7 +388,8 @@ def test_write_dataset_writes_the_exact_layout(tmp_path):
     config = json.loads((root / "phantom_config.json").read_text())
     assert config["subjects"] == 4 and config["shape"] == [32, 40] and config["seed"] == 7
 
-    affine = np.diag([2.0, 1.5, 1.0, 1.0])
+    affine = np.array([[2.0, 0, 0, 0], [0, 0, -1.0, 0], [0, 1.5, 0, 0], [0, 0, 0, 1]])  # coronal: right, superior
+    assert nib.aff2axcodes(affine) == ("R", "S", "P")
     for folder, dtype in (("imagesTr", np.float32), ("masksTr", np.uint8), ("labelsTr", np.uint8)):
         image = nib.load(root / folder / "PHANTOM_0002_0001.nii.gz")
         assert image.shape == (32, 40) and image.get_data_dtype() == dtype

@@ -1,7 +1,8 @@
 """The phantom's anatomy, materials and image: a random thorax label map, tissue properties and a CT-like rendering.
 
-Orientation (RAS+, affine ``diag(spacing, 1)``): array axis 0 points to the patient's right, axis 1 anterior (3D
-only) and the last axis superior (cranial); a 2D phantom is a coronal slice (axes right, superior). Classes
+Orientation (RAS+, affine :func:`.writer.phantom_affine`): array axis 0 points to the patient's right, axis 1
+anterior (3D only) and the last axis superior (cranial); a 2D phantom is a coronal slice (axes right, superior),
+and its affine says so. Classes
 (:data:`CLASS_NAMES`): 0 background (air), 1 soft_tissue, 2 lung, 3 bone, 4 liver. Materials (:data:`TISSUES`,
 Young's modulus E in kPa, Poisson ratio nu): bone 1000/0.3 >> liver 30/0.4 > soft tissue 10/0.3 > lung 2/0.3 > air
 1/0.1. Air is a very soft compressible material (not a void), so the body can expand into it.

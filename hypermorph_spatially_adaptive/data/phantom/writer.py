@@ -52,12 +52,24 @@ def split_sizes(subjects: int, val: int | None = None, test: int | None = None) 
     return subjects - val - test, int(val), int(test)
 
 
+def phantom_affine(spacing: Sequence[float]) -> np.ndarray:
+    """Voxel -> RAS affine of the phantom's files (see :mod:`.anatomy` for the orientation).
+
+    3D: ``diag(spacing, 1)`` (axes right, anterior, superior). 2D, a coronal slice: axis 0 right, axis 1 superior,
+    and the third column (the slice normal, unit length) posterior, so that viewers show it upright.
+    """
+    affine = np.eye(4)
+    if len(spacing) == 3:
+        affine[range(3), range(3)] = spacing
+    else:
+        affine[:3, :3] = [[spacing[0], 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, spacing[1], 0.0]]
+    return affine
+
+
 def _nifti(array: np.ndarray, spacing: tuple[float, ...]):
     import nibabel as nib
 
-    affine = np.eye(4)
-    affine[range(len(spacing)), range(len(spacing))] = spacing
-    image = nib.Nifti1Image(array, affine)
+    image = nib.Nifti1Image(array, phantom_affine(spacing))
     image.header.set_xyzt_units("mm")
     return image
 

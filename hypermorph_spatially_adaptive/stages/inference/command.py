@@ -8,6 +8,7 @@ from typing import Sequence
 
 from ...data import nifti_io
 from ..cli import HelpFormatter, add_data_args, add_model_arg, add_run_args, run_stage
+from .context import OUTPUT_FORMATS
 from .pairs import DEFAULT_METHODS, METHODS
 from .stage import run
 
@@ -18,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Flags of ``inference.py``."""
     parser = argparse.ArgumentParser(
         description="Register pairs with the identified regularization parameters and compare the methods.\n"
-                    "Writes OUT/<method>/{warped,warped_labels,disp,jacdet}_<fixed>_<moving>.nii.gz, "
+                    "Writes OUT/<method>/{warped,warped_labels,disp,jacdet}_<fixed>_<moving>.nii.gz (or "
+                    "--output-format), "
                     "OUT/metrics.csv,\nOUT/summary.csv, OUT/summary.md, OUT/figures/ and OUT/config.json.",
         formatter_class=HelpFormatter)
     add_data_args(parser, split="test")
@@ -53,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     oracle.add_argument("--oracle-sweeps", type=int, default=3,
                         help="sweeps over the classes (identification's --refine-sweeps)")
     files = parser.add_argument_group("explicit files (instead of a dataset split)")
-    files.add_argument("--fixed", default=None, help="fixed image (NIfTI); the outputs live on its grid")
-    files.add_argument("--moving", default=None, help="moving image (NIfTI)")
+    files.add_argument("--fixed", default=None,
+                       help="fixed image: NIfTI, MHA/MHD, NRRD or a DICOM series folder; the outputs live on its grid")
+    files.add_argument("--moving", default=None, help="moving image (any of those formats, any grid)")
     files.add_argument("--fixed-labels", default=None,
                        help="fixed label map: places the classes' values for a 'tissue' or 'maps' spatial model "
                             "(required there), and scores Dice/HD95 with --moving-labels")
@@ -72,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--hd95", action=argparse.BooleanOptionalAction, default=True,
                             help="compute HD95 (slow for large 3D label maps)")
     evaluation.add_argument("--no-save-outputs", action="store_true",
-                            help="write metrics, summary and figures only (no NIfTI volumes)")
+                            help="write metrics, summary and figures only (no image volumes)")
+    evaluation.add_argument("--output-format", choices=OUTPUT_FORMATS, default="nifti",
+                            help="volumes as nifti (Learn2Reg: .nii.gz, fields in voxels), as mha or nrrd (fields as "
+                                 "ITK displacement fields, LPS mm), or same: the fixed image's format (a DICOM "
+                                 "series gives mha)")
     evaluation.add_argument("--figures", type=int, default=4, metavar="N",
                             help="panel figures of the first N pairs and the Dice chart (0: no figures)")
     evaluation.add_argument("--max-pairs", type=int, default=None, metavar="N", help="use the first N pairs")

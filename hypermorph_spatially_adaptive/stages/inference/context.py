@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from ...core.hyperparams import validate_hyperparams
-from ...data import nifti_io
+from ...data import image_io, nifti_io
 from ...models.trained import ModelInfo, load_trained_model
 from ...models.networks import HyperVxmDense
 from ...runtime import resolve_device
@@ -18,7 +18,11 @@ from ..parameter_table import GLOBAL, POPULATION, POPULATION_REFINED, ParameterT
 from .oracle import ORACLE_FILE, read_oracle
 from .pairs import LITERATURE, METHODS, SPATIAL_METHODS, TISSUE_ORACLE, output_stem
 
-__all__ = ["StageContext", "prepare"]
+__all__ = ["StageContext", "prepare", "OUTPUT_FORMATS", "SAME_FORMAT", "output_format"]
+
+#: ``--output-format`` choices: a format of :mod:`...data.image_io`, or ``same`` (the fixed image's).
+SAME_FORMAT = "same"
+OUTPUT_FORMATS = ("nifti", SAME_FORMAT, "mha", "nrrd")
 
 
 @dataclass
@@ -36,6 +40,7 @@ class StageContext:
     stems: list[str]
     dataset: Any
     explicit_item: dict[str, Any] | None
+    formats: list[str]
     #: Method tissue_oracle: the pairs of --oracle-split that choose its vector, or the vector an earlier run chose
     #: (--resume), or the one this run chose (set by the stage).
     oracle_dataset: Any = None
@@ -44,6 +49,15 @@ class StageContext:
 
     def item(self, index: int) -> dict[str, Any]:
         return self.explicit_item if self.explicit_item is not None else self.dataset[index]
+
+
+def output_format(choice: str, fixed_file: Path) -> str:
+    """The format of a pair's outputs: ``choice`` (``--output-format``), where ``same`` is the fixed image's format
+    (a DICOM series or file: ``mha``)."""
+    if choice != SAME_FORMAT:
+        return choice
+    fmt = image_io.image_format(fixed_file)
+    return "mha" if fmt == "dicom" else fmt
 
 
 def _check_methods(methods: Sequence[str]) -> list[str]:
@@ -213,6 +227,8 @@ def prepare(args: argparse.Namespace) -> StageContext:
     else:
         pair_ids = [explicit_item["pair_id"]]
         stems = [f"{nifti_io.file_stem(args.fixed)}_{nifti_io.file_stem(args.moving)}"]
+    fixed_files = [Path(args.fixed)] if dataset is None else [dataset.fixed_file(i) for i in range(len(pair_ids))]
+    formats = [output_format(args.output_format, path) for path in fixed_files]
     _check_scopes(table, methods, population_scope, pair_ids, args.parameters)
     literature = _literature(args.literature_params, class_names) if LITERATURE in methods else None
     out = Path(args.out)
@@ -220,7 +236,7 @@ def prepare(args: argparse.Namespace) -> StageContext:
         raise ValueError(f"--out {out} already holds inference results; pass --resume to continue them or choose "
                          f"another --out")
     ctx = StageContext(args, out, device, methods, models, class_names, table, population_scope, literature,
-                       pair_ids, stems, dataset, explicit_item)
+                       pair_ids, stems, dataset, explicit_item, formats)
     if TISSUE_ORACLE in methods:
         ctx.oracle_dataset, ctx.oracle_pair_ids = _oracle_pairs(args, models, class_names)
         if args.resume and (out / ORACLE_FILE).is_file():

@@ -8,7 +8,8 @@ model at the vector chosen by the true error on other pairs, :mod:`.oracle`: an 
 the parameter vector, and a spatial model with ``maps`` or ``tissue`` conditioning also the fixed labels, which place
 each class's values; otherwise labels and keypoints are used for scoring only. Output files of a pair, on the fixed grid
 with its affine, in ``OUT/<method>/``: ``warped_<stem>``, ``warped_labels_<stem>`` (with labels), ``disp_<stem>``
-(Learn2Reg ``[*S, ndim]``, voxels) and ``jacdet_<stem>`` ``.nii.gz`` (:func:`output_paths`).
+(Learn2Reg ``[*S, ndim]``, voxels) and ``jacdet_<stem>`` ``.nii.gz`` (:func:`output_paths`), or the same volumes as
+``.mha``/``.nrrd`` with the field as an ITK displacement field (:func:`write_outputs`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any, Sequence
 import torch
 
 from ...core.metrics import jacobian_determinant, warp_labels
-from ...data import nifti_io
+from ...data import image_io, nifti_io
 from ...evaluation.pair_metrics import pair_metrics, tissue_metrics
 from ...models.networks import HyperVxmDense
 from ..parameter_table import GLOBAL, ORACLE, POPULATION, ParameterTable
@@ -122,20 +123,37 @@ def score_pair(item: dict[str, Any], method: str, warped: torch.Tensor, displace
     return PairResult(warped[0, 0].detach().cpu(), warped_labels, field, jacdet, row)
 
 
-def output_paths(out: Path, method: str, stem: str, labels: bool) -> dict[str, Path]:
+def output_paths(out: Path, method: str, stem: str, labels: bool, fmt: str = "nifti") -> dict[str, Path]:
+    """The files of one pair and method: ``OUT/<method>/<kind>_<stem><ending>`` for the output format ``fmt``
+    (``nifti``: ``.nii.gz``, ``mha``, ``nrrd``)."""
     folder = out / method
-    paths = {kind: folder / f"{kind}_{stem}.nii.gz" for kind in ("warped", "disp", "jacdet")}
+    suffix = image_io.format_suffix(fmt)
+    paths = {kind: folder / f"{kind}_{stem}{suffix}" for kind in ("warped", "disp", "jacdet")}
     if labels:
-        paths["warped_labels"] = folder / f"warped_labels_{stem}.nii.gz"
+        paths["warped_labels"] = folder / f"warped_labels_{stem}{suffix}"
     return paths
 
 
-def write_outputs(paths: dict[str, Path], result: PairResult, affine: torch.Tensor) -> None:
-    """Write the NIfTI volumes of one result on the fixed grid (``affine`` 4x4)."""
-    nifti_io.write_volume(paths["warped"], result.warped.float().numpy(), affine)
-    nifti_io.write_displacement(paths["disp"], result.displacement, affine)
-    nifti_io.write_volume(paths["jacdet"], result.jacdet.float().numpy(), affine)
-    if "warped_labels" in paths:
-        labels = result.warped_labels.numpy()
-        nifti_io.write_volume(paths["warped_labels"], labels.astype("uint8" if labels.max(initial=0) < 256
-                                                                    else "int16"), affine)
+def write_outputs(paths: dict[str, Path], result: PairResult, affine: torch.Tensor, fmt: str = "nifti") -> None:
+    """Write the volumes of one result on the fixed grid (``affine`` 4x4, voxel -> RAS) in format ``fmt``.
+
+    ``nifti``: the Learn2Reg files (the field ``[*S, ndim]`` in voxels); ``mha``, ``nrrd``: the same volumes in that
+    format, the field as an ITK displacement field (vectors in LPS mm, applicable with SimpleITK's
+    ``DisplacementFieldTransform``).
+    """
+    labels = result.warped_labels.numpy() if "warped_labels" in paths else None
+    if labels is not None:
+        labels = labels.astype("uint8" if labels.max(initial=0) < 256 else "int16")
+    if fmt == "nifti":
+        nifti_io.write_volume(paths["warped"], result.warped.float().numpy(), affine)
+        nifti_io.write_displacement(paths["disp"], result.displacement, affine)
+        nifti_io.write_volume(paths["jacdet"], result.jacdet.float().numpy(), affine)
+        if labels is not None:
+            nifti_io.write_volume(paths["warped_labels"], labels, affine)
+        return
+    affine = affine.detach().cpu().numpy() if isinstance(affine, torch.Tensor) else affine
+    image_io.write_image(paths["warped"], result.warped.float().numpy(), affine)
+    image_io.write_displacement(paths["disp"], result.displacement.double().numpy(), affine)
+    image_io.write_image(paths["jacdet"], result.jacdet.float().numpy(), affine)
+    if labels is not None:
+        image_io.write_image(paths["warped_labels"], labels, affine)

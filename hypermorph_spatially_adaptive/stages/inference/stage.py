@@ -45,7 +45,7 @@ def _pending(ctx: StageContext, index: int) -> tuple[list[str], dict[str, dict]]
         stem = ctx.stems[index]
         for method in ctx.methods:
             partial = ctx.out / ".partial" / method / f"{stem}.json"
-            outputs = output_paths(ctx.out, method, stem, labels=False)
+            outputs = output_paths(ctx.out, method, stem, labels=False, fmt=ctx.formats[index])
             if partial.is_file() and (ctx.args.no_save_outputs or all(p.is_file() for p in outputs.values())):
                 done[method] = json.loads(partial.read_text())
     return [m for m in ctx.methods if m not in done], done
@@ -68,8 +68,8 @@ def _run_pair(ctx: StageContext, index: int, methods: list[str], warmed: set) ->
         result = score_pair(item, method, warped, displacement, runtime_s, source, ctx.class_names,
                             ctx.args.hd95)
         if not ctx.args.no_save_outputs:
-            write_outputs(output_paths(ctx.out, method, stem, result.warped_labels is not None), result,
-                          item["affine"])
+            write_outputs(output_paths(ctx.out, method, stem, result.warped_labels is not None, ctx.formats[index]),
+                          result, item["affine"], ctx.formats[index])
         atomic_write_json(result.row, ctx.out / ".partial" / method / f"{stem}.json")
         rows[method] = result.row
         if index < ctx.args.figures:  # full volumes are kept only for the pairs that get a figure
