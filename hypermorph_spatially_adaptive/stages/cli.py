@@ -62,12 +62,15 @@ def add_data_args(parser: argparse.ArgumentParser, split: str = "train") -> None
 
 
 def add_run_args(parser: argparse.ArgumentParser, out: str) -> None:
-    """Flags every stage shares: output folder, device, seed and config file."""
+    """Flags every stage shares: output folder, device, seed, config file and ``--dry-run``."""
     group = parser.add_argument_group("run")
     group.add_argument("--out", default=out, help="output folder")
     group.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     group.add_argument("--seed", type=int, default=0, help="random seed")
     group.add_argument("--config", default=None, help="JSON or YAML file of option defaults (flags override it)")
+    group.add_argument("--dry-run", action="store_true",
+                       help="resolve the options, open the data, build the model, time a short warm-up and print the "
+                            "plan (pairs, steps, parameters, time, peak memory); writes nothing")
 
 
 #: The two kinds of trained model a stage can take.

@@ -42,6 +42,7 @@ def test_tiny_run_writes_the_documented_outputs(model_type, regularizer, phantom
     assert _train(model_type, phantom_root, out, tiny_flags, "--steps", "3", "--batch-size", "2",
                   "--regularizer", regularizer, "--val-every", "2", "--log-every", "1") == 0
     config = json.loads((out / "config.json").read_text())
+    assert (out / "train_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert config["model_type"] == model_type and config["regularizer"] == regularizer
     assert config["options"]["steps"] == 3 and "torch" in config["software"]
     with (out / "train_log.csv").open() as handle:
@@ -289,3 +290,38 @@ def test_a_broken_validation_split_is_an_error_not_a_silently_skipped_validation
     assert exit_info.value.code == 2
     assert fixed_image.name in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_tensorboard_without_the_package_exits_2_before_writing(phantom_root, tmp_path, tiny_flags, monkeypatch,
+                                                               capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as when it is not installed
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        _train("global", phantom_root, out, tiny_flags, "--steps", "2", "--tensorboard")
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--tensorboard needs the tensorboard package" in error
+    assert "elastic-hypermorph[tensorboard]" in error and not out.exists()
+
+
+def test_tensorboard_events_hold_the_log_columns(phantom_root, tmp_path, tiny_flags):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert _train("global", phantom_root, out, tiny_flags, "--steps", "2", "--batch-size", "2", "--log-every", "1",
+                  "--val-every", "2", "--tensorboard") == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert {"loss", "similarity", "regularization", "val_dice"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss")] == [1, 2]
+
+
+def test_curves_are_redrawn_from_the_log(tmp_path):
+    from hypermorph_spatially_adaptive.stages.training.curves import write_curves
+
+    log = tmp_path / "train_log.csv"
+    log.write_text("step,epoch,loss,similarity,regularization,val_dice,val_tre_mm,val_folding_percent,time_s\n")
+    assert write_curves(log, tmp_path / "curves.png") is None and not (tmp_path / "curves.png").exists()
+    with log.open("a") as handle:
+        handle.write("1,0,0.5,0.4,0.01,,,,1.0\n2,0,0.4,0.3,0.02,0.8,1.5,0.0,2.0\n")
+    assert write_curves(log, tmp_path / "curves.png").stat().st_size > 1000

@@ -19,9 +19,20 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+import torch
+
+from ...core.hyperparams import nb_hyp_params
 from ...data import phantom
+from ...data.pair_dataset import make_item
+from ...data.phantom.writer import split_sizes
+from ...data.registry import collate_pairs
+from ...models.networks import HyperVxmDense
 from ...runtime import resolve_device
 from ..cli import HelpFormatter, write_config
+from ..plan import Plan, count_parameters
+from ..training.dry_run import measure_training_step
+from ..training.step import LossOptions
 from ..identification import main as identify_main
 from ..inference import main as infer_main
 from ..locality import main as locality_main
@@ -62,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     preset.add_argument("--lr", type=float, default=None)
     preset.add_argument("--grid-step", type=float, default=None, help="identification grid step")
     preset.add_argument("--workers", type=int, default=0, help="data-loading processes per training run")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the stages and settings, time a few training steps of both models on synthetic "
+                             "images of the preset's size, and write nothing")
     return parser
 
 
@@ -91,9 +105,47 @@ def _check(code: int, stage: str) -> None:
         raise SystemExit(f"demo: the {stage} stage failed (exit code {code}); see the message above")
 
 
-def run_demo(args: argparse.Namespace) -> Path:
-    """Run (or resume) every stage under ``args.out``; return the path of the demo summary."""
+def _dry_run(args: argparse.Namespace, settings: dict) -> str:
+    """The demo's plan: its stages and settings, and a few training steps of each model timed on random images of
+    the preset's size (the phantom is not generated)."""
+    device = resolve_device(args.device)
+    shape = (settings["size"],) * settings["ndim"]
+    classes = phantom.CLASS_NAMES
+    generator = torch.Generator().manual_seed(args.seed)
+    batch = collate_pairs([
+        make_item(torch.rand(shape, generator=generator).numpy(), torch.rand(shape, generator=generator).numpy(),
+                  (2.0,) * len(shape), np.eye(4), f"synthetic{i}",
+                  fixed_labels=torch.randint(0, len(classes), shape, generator=generator).numpy(),
+                  moving_labels=torch.randint(0, len(classes), shape, generator=generator).numpy())
+        for i in range(settings["batch_size"])])
+    widths = dict(enc_features=settings["enc_features"], dec_features=settings["dec_features"],
+                  hyper_layers=settings["hyper_layers"], hyper_units=settings["hyper_units"])
+    n_train = split_sizes(settings["subjects"], settings["val"], settings["test"])[0]
+    plan = Plan(f"the demo ({'full' if args.full else 'quick'} preset) into {args.out}")
+    plan.add("data", f"phantom: {settings['subjects']} {settings['ndim']}D subjects of {'x'.join(map(str, shape))} "
+                     f"({n_train} train, {settings['val']} val, {settings['test']} test); generation not timed")
+    plan.add("device", str(device) + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""))
+    for model_type, steps, classes_in_model in (("global", settings["steps"], 1),
+                                                ("spatial", settings["spatial_steps"], len(classes))):
+        model = HyperVxmDense(shape, nb_hyp_params("elastic", classes_in_model), **widths,
+                              class_names=classes if classes_in_model > 1 else None,
+                              **({"conditioning": "tissue"} if classes_in_model > 1 else {})).to(device)
+        options = LossOptions("elastic", classes_in_model, "fixed_labels", 9)
+        measured = measure_training_step(model, batch, options, (2.0,) * len(shape), device, settings["lr"])
+        plan.add(f"{model_type} model", f"{count_parameters(model):,} parameters, batch {settings['batch_size']}, "
+                                        f"lr {settings['lr']:g}")
+        plan.add_measurement(f"{model_type} training", measured, steps, "step")
+    plan.add("then", f"identification (grid step {settings['grid_step']}) on the validation and test pairs, "
+                     f"inference on the test pairs, demo_summary.md (not timed)")
+    return plan.print()
+
+
+def run_demo(args: argparse.Namespace) -> Path | str:
+    """Run (or resume) every stage under ``args.out``; return the path of the demo summary (with ``--dry-run``:
+    print the plan, write nothing)."""
     out, settings = Path(args.out), _settings(args)
+    if getattr(args, "dry_run", False):
+        return _dry_run(args, settings)
     device = str(resolve_device(args.device))
     out.mkdir(parents=True, exist_ok=True)
     write_config(out, args, settings=settings)

@@ -22,6 +22,7 @@ from ..cli import write_config
 from ..parameter_table import GLOBAL, POPULATION, POPULATION_REFINED, ParameterRow, write_parameters
 from .choice import choose_parameters
 from .context import StageContext, prepare, run_identity
+from .dry_run import dry_run
 from .figures import write_scope_figures
 from .grid_scores import GridScores, merge_grid_scores, read_grid_scores, write_grid_scores
 from .refinement import Refinement, refine_vector
@@ -83,9 +84,12 @@ def _figures(args: argparse.Namespace, scores: GridScores, rows: list[ParameterR
 
 
 def run(args: argparse.Namespace) -> Path:
-    """Identify parameters as configured by ``args`` (see :func:`build_parser`); returns the output folder."""
+    """Identify parameters as configured by ``args`` (see :func:`build_parser`); returns the output folder (or, with
+    ``--dry-run``, prints the plan and writes nothing)."""
     seed_everything(args.seed)
     ctx = prepare(args)
+    if args.dry_run:
+        return dry_run(args, ctx)
     out = Path(args.out)
     scores = ctx.merged if ctx.merged is not None else _evaluate(args, ctx, out)
     write_grid_scores(out / "grid_scores.csv", scores)

@@ -19,6 +19,7 @@ from ..cli import write_config
 from ..parameter_table import POPULATION, POPULATION_REFINED
 from . import figures, report
 from .context import StageContext, prepare
+from .dry_run import dry_run
 from .oracle import ORACLE_FILE, choose_oracle
 from .pairs import TISSUE_ORACLE, method_parameters, output_paths, register, score_pair, write_outputs
 
@@ -97,6 +98,8 @@ def _choose_oracle(ctx: StageContext) -> str:
 def run(args: argparse.Namespace) -> Path:
     """Validate every input, then register, score and write (see the module docstring); returns ``--out``."""
     ctx = prepare(args)
+    if args.dry_run:
+        return dry_run(ctx)
     seed_everything(args.seed)
     ctx.out.mkdir(parents=True, exist_ok=True)
     write_config(ctx.out, args, methods=ctx.methods, class_names=list(ctx.class_names),

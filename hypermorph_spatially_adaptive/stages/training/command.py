@@ -20,7 +20,8 @@ def build_parser(model_type: str) -> argparse.ArgumentParser:
             else "one (lambda, mu) pair per tissue class, voxelwise through the fixed labels")
     parser = argparse.ArgumentParser(
         description=f"Train the {model_type} HyperMorph model: random regularization parameters, {what}.\n"
-                    f"Writes OUT/config.json, OUT/checkpoints/{{last,best}}.pt and OUT/train_log.csv.",
+                    f"Writes OUT/config.json, OUT/checkpoints/{{last,best}}.pt, OUT/train_log.csv and "
+                    f"OUT/train_curves.png.",
         formatter_class=HelpFormatter)
     add_data_args(parser, split="train")
     add_run_args(parser, out=f"runs/default/{model_type}")
@@ -48,6 +49,9 @@ def build_parser(model_type: str) -> argparse.ArgumentParser:
     group.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     group.add_argument("--checkpoint-every", type=int, default=500, help="steps between last.pt writes")
     group.add_argument("--log-every", type=int, default=10, help="steps between train_log.csv rows")
+    group.add_argument("--tensorboard", action="store_true",
+                       help="also write the log rows as TensorBoard events into OUT/tensorboard/ (needs the "
+                            "tensorboard package: pip install 'elastic-hypermorph[tensorboard]')")
     if model_type == "spatial":
         group.add_argument("--label-source", choices=("fixed", "moving"), default="fixed",
                            help="labels that build the voxelwise Lame maps (the field lives on the fixed grid)")

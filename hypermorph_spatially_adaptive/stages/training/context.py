@@ -15,6 +15,7 @@ from ...models.networks import HyperVxmDense, spatial_from_global
 from ...models.trained import load_trained_model
 from ...runtime import DistributedContext, init_distributed, resolve_device, seed_everything
 from ..cli import lam_mu, open_dataset
+from .curves import require_tensorboard
 
 __all__ = ["StageContext", "prepare", "run_info", "common_spacing"]
 
@@ -49,6 +50,8 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.val_max_pairs is not None and args.val_max_pairs < 1:
         raise ValueError(f"--val-max-pairs must be >= 1, got {args.val_max_pairs}")
     lam_mu(args.val_params, "--val-params")
+    if args.tensorboard:
+        require_tensorboard()
     if not 0 <= args.val_weight <= 1:
         raise ValueError(f"--val-weight must lie in [0, 1], got {args.val_weight}")
 

@@ -28,6 +28,8 @@ from ...models.checkpoints import (RUN_CHECKPOINT, hyper_model_config, read_chec
 from ...runtime import DistributedContext, rng_state, set_rng_state
 from ..cli import write_config
 from .context import StageContext, common_spacing, prepare, run_info
+from .curves import CURVES_FILE, TENSORBOARD_FOLDER, log_scalars, open_tensorboard, write_curves
+from .dry_run import dry_run
 from .step import LossOptions, check_batch, training_network, training_step
 
 __all__ = ["MODEL_TYPES", "LR_SCHEDULES", "LOG_COLUMNS", "TrainingError", "scheduled_lr", "log_columns",
@@ -191,8 +193,11 @@ def _replica_divergence(model: torch.nn.Module, distributed: DistributedContext)
 
 
 def train(args: argparse.Namespace) -> Path:
-    """Train one model as configured by ``args`` (see :func:`build_parser`); returns the run folder."""
+    """Train one model as configured by ``args`` (see :func:`build_parser`); returns the run folder (or, with
+    ``--dry-run``, prints the plan and writes nothing)."""
     ctx = prepare(args)
+    if args.dry_run:
+        return dry_run(ctx)
     distributed, device = ctx.distributed, ctx.device
     checkpoints = ctx.out / "checkpoints"
     if distributed.is_main:
@@ -209,6 +214,16 @@ def train(args: argparse.Namespace) -> Path:
         write_config(ctx.out, args, **{k: v for k, v in run_info(ctx).items() if k != "options"})
     log = (_TrainLog(ctx.out / "train_log.csv", start_step if args.resume else None, log_columns(ctx))
            if distributed.is_main else None)
+    board = open_tensorboard(ctx.out / TENSORBOARD_FOLDER) if args.tensorboard and distributed.is_main else None
+
+    def record(row: dict[str, Any]) -> None:
+        log.append(**row, time_s=time.perf_counter() - started)
+        if board is not None:
+            log_scalars(board, row)
+
+    def checkpoint(step: int, epoch: int) -> None:
+        save_checkpoint(_checkpoint(ctx, optimizer, step, epoch, best), checkpoints / "last.pt")
+        write_curves(log.path, ctx.out / CURVES_FILE)
 
     sampler = _ResumableSampler(ctx.train_set, num_replicas=distributed.world_size, rank=distributed.rank,
                                 shuffle=True, seed=args.seed, drop_last=True)
@@ -263,9 +278,9 @@ def train(args: argparse.Namespace) -> Path:
                 row.update(step=step, epoch=epoch)
                 best = _validate_and_keep_best(ctx, optimizer, step, epoch, best, row, progress)
             if row:
-                log.append(**row, time_s=time.perf_counter() - started)
+                record(row)
             if distributed.is_main and (step % args.checkpoint_every == 0 or last):
-                save_checkpoint(_checkpoint(ctx, optimizer, step, epoch, best), checkpoints / "last.pt")
+                checkpoint(step, epoch)
             if last:
                 break
     progress.close()
@@ -274,8 +289,10 @@ def train(args: argparse.Namespace) -> Path:
         row = dict(step=0, epoch=0)
         if ctx.val_set is not None:
             best = _validate_and_keep_best(ctx, optimizer, 0, 0, best, row, progress)
-        log.append(**row, time_s=time.perf_counter() - started)
-        save_checkpoint(_checkpoint(ctx, optimizer, 0, 0, best), checkpoints / "last.pt")
+        record(row)
+        checkpoint(0, 0)
+    if board is not None:
+        board.close()
     if distributed.enabled:
         divergence = _replica_divergence(ctx.model, distributed)
         if distributed.is_main:
