@@ -16,6 +16,8 @@ Conventions, the same as for the NIfTI files read with nibabel (:mod:`.volume_io
   as a 2D NIfTI; a 3D image of one slice is ``[H, W, 1]`` too, with its own third column. ITK cannot hold a 2D
   image whose plane leaves the x-y plane (a coronal slice, say): such 2D NIfTI files are read with nibabel, and
   such 2D outputs are written as one slice of a 3D image.
+- One NIfTI file has one affine in the project: where ITK (which prefers the qform) and nibabel (which prefers the
+  sform, as the Learn2Reg datasets read it) disagree, reading fails and says how to make the header consistent.
 
 Displacement fields in ITK formats (:func:`write_displacement`, :func:`read_displacement`) follow ITK's
 convention: a vector image on the fixed grid whose vectors are physical LPS millimetres, so that
@@ -180,19 +182,33 @@ def _checked(path: Path, what: str, fmt: str | None = None) -> str:
     return fmt or image_format(path)
 
 
-def _nibabel_only(path: Path, fmt: str):
-    """The nibabel image of a 2D NIfTI whose plane leaves x-y (ITK refuses its direction), else None."""
+def _nifti_header(path: Path, fmt: str):
+    """The nibabel image (header only) of a NIfTI file, else None."""
     if fmt != "nifti":
         return None
     import nibabel as nib
 
     try:
-        image = nib.load(str(path))
+        return nib.load(str(path))
     except Exception:  # noqa: BLE001 - not readable by nibabel either: SimpleITK reports it
         return None
-    if len(image.shape) == 2 and not _plain_2d(np.asarray(image.affine, dtype=np.float64)):
-        return image
-    return None
+
+
+def _nibabel_only(nifti) -> bool:
+    """Whether a NIfTI is 2D with a plane that leaves x-y: ITK refuses its direction, nibabel reads it."""
+    return nifti is not None and len(nifti.shape) == 2 and not _plain_2d(np.asarray(nifti.affine, np.float64))
+
+
+def _check_nifti_affine(nifti, affine: np.ndarray, path: Path, what: str) -> None:
+    """One NIfTI file, one affine: ITK (qform first) and nibabel (sform first, as the Learn2Reg path) must agree."""
+    if nifti is None:
+        return
+    axes = [0, 1, 3] if len(nifti.shape) == 2 else [0, 1, 2, 3]
+    reference = np.asarray(nifti.affine, dtype=np.float64)
+    if not np.allclose(affine[:3, axes], reference[:3, axes], rtol=1e-5, atol=1e-3):
+        raise ValueError(f"{what} {path}: the header's qform and sform disagree (SimpleITK reads\n"
+                         f"{np.round(affine, 4)}\nnibabel, as the Learn2Reg datasets, reads\n{np.round(reference, 4)});"
+                         f" make them one, e.g. with nibabel: image.set_qform(image.get_sform(), code=1)")
 
 
 def read_header(path: str | Path, what: str = "image") -> ImageHeader:
@@ -204,9 +220,9 @@ def read_header(path: str | Path, what: str = "image") -> ImageHeader:
     """
     path = Path(path)
     fmt = _checked(path, what)
-    image = _nibabel_only(path, fmt)
-    if image is not None:
-        return ImageHeader(tuple(int(n) for n in image.shape), np.asarray(image.affine, dtype=np.float64), 1, fmt)
+    nifti = _nifti_header(path, fmt)
+    if _nibabel_only(nifti):
+        return ImageHeader(tuple(int(n) for n in nifti.shape), np.asarray(nifti.affine, dtype=np.float64), 1, fmt)
     try:
         if fmt == "dicom" and path.is_dir():
             files = dicom_series_files(path)
@@ -224,7 +240,9 @@ def read_header(path: str | Path, what: str = "image") -> ImageHeader:
     if len(size) not in (2, 3):
         raise ValueError(f"{what} {path}: expected a 2D or 3D image, got {len(size)} axes of sizes {size}")
     shape = size[:2] if len(size) == 3 and fmt == "dicom" and size[2] == 1 and not path.is_dir() else size
-    return ImageHeader(tuple(shape), affine_from_itk(origin, spacing, direction), components, fmt)
+    affine = affine_from_itk(origin, spacing, direction)
+    _check_nifti_affine(nifti, affine, path, what)
+    return ImageHeader(tuple(shape), affine, components, fmt)
 
 
 def _read_itk(path: Path, what: str):
@@ -257,10 +275,12 @@ def _to_array(image, path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_array(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
-    image = _nibabel_only(path, _checked(path, what))
-    if image is not None:
-        return np.ascontiguousarray(np.asanyarray(image.dataobj))[..., None], np.asarray(image.affine, np.float64)
-    return _to_array(_read_itk(path, what), path, what)
+    nifti = _nifti_header(path, _checked(path, what))
+    if _nibabel_only(nifti):
+        return np.ascontiguousarray(np.asanyarray(nifti.dataobj))[..., None], np.asarray(nifti.affine, np.float64)
+    array, affine = _to_array(_read_itk(path, what), path, what)
+    _check_nifti_affine(nifti, affine, path, what)
+    return array, affine
 
 
 def read_image(path: str | Path, what: str = "image") -> tuple[np.ndarray, np.ndarray]:

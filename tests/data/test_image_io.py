@@ -129,3 +129,14 @@ def test_a_folder_of_two_dicom_series_is_refused(scene, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no DICOM series"):
         image_io.read_header(tmp_path / "empty")
+
+
+def test_a_nifti_whose_qform_and_sform_disagree_is_refused_not_misplaced(scene, tmp_path):
+    # nibabel (and the Learn2Reg datasets) read the sform, ITK the qform: one file must have one affine.
+    image = nib.Nifti1Image(scene, ROTATED)
+    image.set_qform(np.diag([1.0, 1.0, 1.0, 1.0]), code=1)
+    path = tmp_path / "two.nii.gz"
+    image.to_filename(str(path))
+    for read in (image_io.read_header, image_io.read_image):
+        with pytest.raises(ValueError, match="(?s)qform and sform disagree.*set_qform"):
+            read(path)
