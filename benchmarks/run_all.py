@@ -29,8 +29,8 @@ from hypermorph_spatially_adaptive.files import atomic_write_text  # noqa: E402
 from hypermorph_spatially_adaptive.runtime import resolve_device  # noqa: E402
 
 __all__ = ["RENDERERS", "benchmark_scripts", "results_file", "render_regularizers", "render_model", "render_scaling",
-           "render_identification", "render_inference", "render_training_step", "render_locality", "render_report",
-           "main"]
+           "render_identification", "render_inference", "render_training_step", "render_locality", "render_presets",
+           "render_report", "main"]
 
 BENCH_DIR = ROOT / "benchmarks"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -58,6 +58,8 @@ What is measured:
   settings, global and spatial model, optionally against a reference measurement (e.g. an earlier commit).
 - **Locality** (`bench_locality.py`): how locally each spatial-model variant's per-class parameters act (strain-based
   locality near 1, leakage near 0), every variant trained for the same budget on the demo's phantom.
+- **Presets** (`bench_presets.py`): each `configs/*.yaml` run with `--dry-run` on synthetic data in its dataset's
+  layout: seconds per training step and peak memory at the preset's size (on the CPU scaled to `--max-voxels`).
 
 All timings are wall time on a possibly shared machine: the machine table gives the load average when each
 benchmark started. A results file `<name>_cuda.json` holds the same benchmark on a GPU (`run_all.py --device
@@ -253,6 +255,13 @@ def render_locality(data: dict) -> str:
             + markdown_table(headers, rows, digits=(0, *([2] * (2 * len(names))), 3, 0)))
 
 
+def render_presets(data: dict) -> str:
+    """``presets.json``: seconds per step and peak memory of each preset's dry run."""
+    from benchmarks.bench_presets import table
+
+    return table(data["presets"])
+
+
 RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "regularizers.json": ("Regularizer: fast against the straightforward formulation", render_regularizers),
     "model.json": ("Model step: hypernetwork against plain U-Net", render_model),
@@ -261,6 +270,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "inference.json": ("Inference per pair", render_inference),
     "training_step.json": ("Training steps per second", render_training_step),
     "locality.json": ("Locality of the spatial-model variants", render_locality),
+    "presets.json": ("Presets: time per training step and peak memory", render_presets),
 }
 
 

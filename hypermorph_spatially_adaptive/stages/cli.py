@@ -61,16 +61,18 @@ def add_data_args(parser: argparse.ArgumentParser, split: str = "train") -> None
                             "repeatable")
 
 
-def add_run_args(parser: argparse.ArgumentParser, out: str) -> None:
-    """Flags every stage shares: output folder, device, seed, config file and ``--dry-run``."""
+def add_run_args(parser: argparse.ArgumentParser, out: str, dry_run: bool = False) -> None:
+    """Flags every stage shares: output folder, device, seed and config file; with ``dry_run`` also ``--dry-run``
+    (the stage must then honour it: plan printed, nothing written)."""
     group = parser.add_argument_group("run")
     group.add_argument("--out", default=out, help="output folder")
     group.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     group.add_argument("--seed", type=int, default=0, help="random seed")
     group.add_argument("--config", default=None, help="JSON or YAML file of option defaults (flags override it)")
-    group.add_argument("--dry-run", action="store_true",
-                       help="resolve the options, open the data, build the model, time a short warm-up and print the "
-                            "plan (pairs, steps, parameters, time, peak memory); writes nothing")
+    if dry_run:
+        group.add_argument("--dry-run", action="store_true",
+                           help="resolve the options, open the data, build the model, time a short warm-up and print "
+                                "the plan (pairs, steps, parameters, time, peak memory); writes nothing")
 
 
 #: The two kinds of trained model a stage can take.

@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "subject-specific parameters.\nWrites OUT/grid_scores.csv, OUT/parameters.csv, OUT/figures/, "
                     "OUT/summary.md and OUT/config.json.", formatter_class=HelpFormatter)
     add_data_args(parser, split="val")
-    add_run_args(parser, out="runs/default/identification")
+    add_run_args(parser, out="runs/default/identification", dry_run=True)
     group = parser.add_argument_group("identification")
     add_model_arg(group, "global", "scored over the grid (train_hypermorph_global.py)", alias=True)
     group.add_argument("--grid-step", type=float, default=0.1,

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUT/metrics.csv,\nOUT/summary.csv, OUT/summary.md, OUT/figures/ and OUT/config.json.",
         formatter_class=HelpFormatter)
     add_data_args(parser, split="test")
-    add_run_args(parser, out="runs/default/inference")
+    add_run_args(parser, out="runs/default/inference", dry_run=True)
     group = parser.add_argument_group("models and parameters")
     add_model_arg(group, "spatial", "for the methods tissue_population, tissue_subject, literature and "
                   "tissue_oracle; a model with 'tissue' or 'maps' conditioning (train_hypermorph_spatial.py "

@@ -24,7 +24,7 @@ def build_parser(model_type: str) -> argparse.ArgumentParser:
                     f"OUT/train_curves.png.",
         formatter_class=HelpFormatter)
     add_data_args(parser, split="train")
-    add_run_args(parser, out=f"runs/default/{model_type}")
+    add_run_args(parser, out=f"runs/default/{model_type}", dry_run=True)
     group = parser.add_argument_group("training")
     group.add_argument("--regularizer", choices=REGULARIZERS, default="elastic",
                        help="elastic (lambda, mu) or the diffusion baseline (one weight h)")
