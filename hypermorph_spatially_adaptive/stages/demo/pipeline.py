@@ -122,21 +122,22 @@ def _dry_run(args: argparse.Namespace, settings: dict) -> str:
                   hyper_layers=settings["hyper_layers"], hyper_units=settings["hyper_units"])
     n_train = split_sizes(settings["subjects"], settings["val"], settings["test"])[0]
     plan = Plan(f"the demo ({'full' if args.full else 'quick'} preset) into {args.out}")
-    plan.add("data", f"phantom: {settings['subjects']} {settings['ndim']}D subjects of {'x'.join(map(str, shape))} "
-                     f"({n_train} train, {settings['val']} val, {settings['test']} test); generation not timed")
+    plan.add("data", f"the phantom at {args.data_root}" if args.data_root else
+             f"phantom: {settings['subjects']} {settings['ndim']}D subjects of {'x'.join(map(str, shape))} "
+             f"({n_train} train, {settings['val']} val, {settings['test']} test); generation not timed")
     plan.add("device", str(device) + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""))
     for model_type, steps, classes_in_model in (("global", settings["steps"], 1),
                                                 ("spatial", settings["spatial_steps"], len(classes))):
         model = HyperVxmDense(shape, nb_hyp_params("elastic", classes_in_model), **widths,
                               class_names=classes if classes_in_model > 1 else None,
-                              **({"conditioning": "tissue"} if classes_in_model > 1 else {})).to(device)
+                              **({"conditioning": args.conditioning} if classes_in_model > 1 else {})).to(device)
         options = LossOptions("elastic", classes_in_model, "fixed_labels", 9)
         measured = measure_training_step(model, batch, options, (2.0,) * len(shape), device, settings["lr"])
         plan.add(f"{model_type} model", f"{count_parameters(model):,} parameters, batch {settings['batch_size']}, "
                                         f"lr {settings['lr']:g}")
         plan.add_measurement(f"{model_type} training", measured, steps, "step")
     plan.add("then", f"identification (grid step {settings['grid_step']}) on the validation and test pairs, "
-                     f"inference on the test pairs, demo_summary.md (not timed)")
+                     f"inference and locality on the test pairs, demo_summary.md (not timed)")
     return plan.print()
 
 
