@@ -26,10 +26,12 @@ def dry_run(args: argparse.Namespace, ctx: StageContext) -> str:
     plan.add("grid", f"{grid_points} (lam, mu) points, {args.grid_batch} per forward pass; criterion {args.criterion}")
     plan.add("device", str(ctx.device) + (f" ({torch.get_num_threads()} threads)" if ctx.device.type == "cpu" else ""))
     if ctx.model is not None:
-        item = ctx.dataset[ctx.index[ctx.pair_ids[0]]]
+        index = ctx.index[ctx.pair_ids[0]]
+        item = ctx.dataset[index]
+        selection = ctx.selection[index] if ctx.selection is not None else None
         chunk = ctx.grid[:args.grid_batch]
-        measured = measure(lambda: evaluate_pair(ctx.model, item, chunk, len(ctx.class_names), args.grid_batch),
-                           ctx.device)
+        measured = measure(lambda: evaluate_pair(ctx.model, item, chunk, len(ctx.class_names), args.grid_batch,
+                                                 selection), ctx.device)
         shape = "x".join(str(n) for n in item["fixed"].shape[1:])
         plan.add("model", f"global, {count_parameters(ctx.model):,} parameters; images {shape}")
         chunks = math.ceil(grid_points / args.grid_batch) * len(ctx.pair_ids)
