@@ -15,7 +15,6 @@ from hypermorph_spatially_adaptive.stages import identification, inference, trai
 
 FORMATS = ["nifti", "mha", "nrrd", "dicom"]
 OTHER_GRID = ((14, 18, 15), (2.3, 1.7, 2.1), (0.1, 0.25, -0.2))
-LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 def _rows(path):
