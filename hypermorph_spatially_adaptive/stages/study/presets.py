@@ -53,7 +53,7 @@ METHOD_LABELS = {
     GLOBAL: "global model at the best global pair (Dice on validation pairs)",
     "tissue_population": "spatial model, per-class parameters chosen by Dice on the validation pairs",
     "tissue_subject": "spatial model, per-class parameters chosen by Dice on each test pair itself",
-    CONTROL: "control: spatial model at the global pair for every class",
+    CONTROL: "the spatial model at the global pair for every class",
     "oracle_identification": "oracle: per-class parameters chosen by the true EPE with the global model "
                              "(validation pairs)",
     "oracle_model": "oracle: per-class parameters chosen by the true EPE through the spatial model itself "

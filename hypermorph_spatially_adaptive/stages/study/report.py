@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 
 from ...data import get_dataset  # noqa: E402
 from ...data.nifti_io import read_displacement  # noqa: E402
+from ...data.orientation import display_view  # noqa: E402
 from ...evaluation.bootstrap import Estimate  # noqa: E402
 from ...files import atomic_write, atomic_write_text  # noqa: E402
 from .aggregate import StudyData, difference, estimate, locality_estimate, stiffness  # noqa: E402
@@ -115,12 +116,14 @@ def _error_map_figure(out: Path, data: StudyData, variant: str, path: Path) -> s
         return None
     spacing = item["spacing"].double().view(-1, 1, 1)
     truth = item["gt_displacement"].double()
+    view = display_view(np.asarray(item["affine"], dtype=np.float64), (0, 1))  # as a viewer shows the anatomy
+    aspect = view.aspect([float(s) for s in item["spacing"]])
     figure, axes = plt.subplots(1, len(fields) + 1, figsize=(3.2 * (len(fields) + 1), 3.4))
-    axes[0].imshow(item["fixed"][0].T, cmap="gray", origin="lower")
-    axes[0].set_title(f"fixed (pair {stem})")
+    axes[0].imshow(view.image(item["fixed"][0].numpy()), cmap="gray", aspect=aspect)
+    axes[0].set_title(f"fixed (pair {stem}, {view.plane})")
     for axis, (method, field) in zip(axes[1:], fields.items()):
         error = ((field.double() - truth) * spacing).norm(dim=0)
-        shown = axis.imshow(error.T, cmap="magma", origin="lower", vmin=0, vmax=2.0)
+        shown = axis.imshow(view.image(error.numpy()), cmap="magma", vmin=0, vmax=2.0, aspect=aspect)
         axis.set_title(f"{method}\nmean {float(error.mean()):.3f} mm", fontsize=8)
     for axis in axes:
         axis.set_axis_off()
@@ -229,6 +232,10 @@ def write_report(out: Path, data: StudyData, report: Path, preset: str, settings
         met = min(localities) >= LOCALITY_TARGET and max(leakages) <= LEAKAGE_TARGET
         lines.append(f"- `{variant}`: locality {min(localities):.2f}-{max(localities):.2f}, leakage "
                      f"{min(leakages):.2f}-{max(leakages):.2f} ({'meets' if met else 'misses'} the target).")
+        if VARIANTS[variant].conditioning == "tissue":
+            lines.append("  - With tissue-wise kernels the control is the global model itself (a vector whose classes "
+                         "share one pair runs the global model's computation), so every difference below is due to "
+                         "the per-class parameters alone.")
         for method in TISSUE_METHODS:
             if method not in data.methods(variant):
                 continue
