@@ -15,10 +15,17 @@ from ...models.networks import HyperVxmDense
 from ...runtime import resolve_device
 from ..cli import open_dataset
 from ..parameter_table import GLOBAL, POPULATION, POPULATION_REFINED, ParameterTable, read_parameters
+from ..run_folder import run_record
 from .oracle import ORACLE_FILE, read_oracle
 from .pairs import LITERATURE, METHODS, SPATIAL_METHODS, TISSUE_ORACLE, output_stem
 
-__all__ = ["StageContext", "prepare"]
+__all__ = ["StageContext", "prepare", "run_identity"]
+
+# Options that do not change the results (left out of run.json); models and parameters are recorded by their files'
+# identity.
+_NOT_RECORDED = ("out", "device", "config", "resume", "figures", "spatial_model", "global_model", "parameters",
+                 "data_scan", "dry_run")
+_PATHS = ("data_root", "fixed", "moving", "fixed_labels", "moving_labels", "fixed_keypoints", "moving_keypoints")
 
 
 @dataclass
@@ -211,6 +218,10 @@ def prepare(args: argparse.Namespace) -> StageContext:
     else:
         pair_ids = [explicit_item["pair_id"]]
         stems = [f"{nifti_io.file_stem(args.fixed)}_{nifti_io.file_stem(args.moving)}"]
+    repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if repeated:
+        raise ValueError(f"--dataset {args.dataset} split {args.split!r}: pairs {repeated} are listed more than once "
+                         f"(their outputs would overwrite each other)")
     _check_scopes(table, methods, population_scope, pair_ids, args.parameters)
     literature = _literature(args.literature_params, class_names) if LITERATURE in methods else None
     out = Path(args.out)
@@ -224,3 +235,11 @@ def prepare(args: argparse.Namespace) -> StageContext:
         if args.resume and (out / ORACLE_FILE).is_file():
             ctx.oracle = read_oracle(out / ORACLE_FILE, class_names)
     return ctx
+
+
+def run_identity(ctx: StageContext) -> dict[str, Any]:
+    """What ``run.json`` records of an inference run, and a resumed run must match: every option that changes the
+    results (paths resolved) and the identity of the models and the parameters file."""
+    options = {key: value for key, value in vars(ctx.args).items() if key not in _NOT_RECORDED}
+    inputs = {f"--{kind}-model": info.path for kind, (_, info) in ctx.models.items()}
+    return run_record("inference", options, {**inputs, "--parameters": ctx.args.parameters}, paths=_PATHS)
