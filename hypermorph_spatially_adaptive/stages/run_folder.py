@@ -28,7 +28,8 @@ LOCK_NAME = ".lock"
 RECORD_NAME = "run.json"
 #: Files that show which stage wrote a folder that has no run.json (written before run.json existed).
 _MARKERS = {"training": ("train_log.csv", "checkpoints"), "identification": ("grid_scores.csv", "parameters.csv"),
-            "inference": ("metrics.csv",), "demo": ("demo_summary.md", "parameters_for_inference.csv")}
+            "inference": ("metrics.csv",), "locality": ("locality.csv",),
+            "demo": ("demo_summary.md", "parameters_for_inference.csv")}
 
 
 def _holder(fd: int) -> str:

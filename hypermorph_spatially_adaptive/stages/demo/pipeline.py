@@ -97,7 +97,8 @@ def run_demo(args: argparse.Namespace) -> Path:
     out, settings = Path(args.out), _settings(args)
     device = str(resolve_device(args.device))
     # A rerun continues the demo in --out: only with the same settings (each stage checks its own folder too).
-    record = run_record("demo", {"full": args.full, "seed": args.seed, **settings})
+    record = run_record("demo", {"full": args.full, "seed": args.seed, "conditioning": args.conditioning,
+                                 "data_root": args.data_root, **settings}, paths=("data_root",))
     check_resume(out, record, flag="demo rerun")
     record_run(out, record)
     write_config(out, args, settings=settings)
