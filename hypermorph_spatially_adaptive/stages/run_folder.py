@@ -75,7 +75,8 @@ class OutputLock:
                 folder.mkdir()
             except FileExistsError:
                 if not folder.is_dir():
-                    raise ValueError(f"{self.flag} {self.folder}: {folder} is a file, not a folder") from None
+                    where = "" if folder == self.folder else f": {folder}"
+                    raise ValueError(f"{self.flag} {self.folder}{where} is a file, not a folder") from None
                 continue  # made by another process meanwhile
             except OSError as error:
                 raise ValueError(f"{self.flag} {self.folder}: cannot create {folder} ({error.strerror})") from None
