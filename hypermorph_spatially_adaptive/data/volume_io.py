@@ -2,12 +2,13 @@
 
 NIfTI images, label maps and masks come back as C-ordered arrays with 3 axes (a 2D image ``[H, W]`` as
 ``[H, W, 1]``) together with their voxel -> world affine (float64 ``[4, 4]``, mm). :func:`read_header` reads
-shape and affine without voxel data, so that datasets can check their files when they are built. Every reader
-checks what it reads (images, masks and displacements finite, labels whole numbers in range) and raises a
-ValueError naming the file for a file it cannot read or whose values are wrong; :func:`check_file` runs the
-reader of a kind of file, for a dataset's scan of all its files. Keypoints are
+shape and affine without voxel data, so that datasets can check their files when they are built. Keypoints are
 header-less comma-separated files of 0-based voxel coordinates. :func:`window_ct` (CT, HU) and
 :func:`robust_minmax` (MR, percentiles) map intensities to [0, 1].
+
+Every reader checks what it reads (images, masks and displacements finite, labels whole numbers in range) and
+raises a ValueError naming the file when it cannot read it (truncated or damaged) or its values are wrong;
+:func:`check_file` runs the reader of one kind of file, for a dataset's scan of all its files.
 """
 from __future__ import annotations
 
