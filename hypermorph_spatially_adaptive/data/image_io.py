@@ -287,7 +287,10 @@ def read_image(path: str | Path, what: str = "image") -> tuple[np.ndarray, np.nd
     """Image (float32, 3 axes in i, j, k order, values as stored after the file's rescale) and its voxel -> RAS
     affine (float64 ``[4, 4]``); a 2D image as ``[H, W, 1]``. Errors name ``what`` and the file."""
     array, affine = _read_array(Path(path), what)
-    return array.astype(np.float32, copy=False), affine
+    array = array.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{what} {path}: holds NaN or infinite values")
+    return array, affine
 
 
 def read_labels(path: str | Path, num_classes: int | None = None, what: str = "label map"

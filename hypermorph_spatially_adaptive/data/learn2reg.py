@@ -19,8 +19,8 @@ import numpy as np
 from .grids import (Grid, crop_grid, drop_axis, map_points, points_inside, rescale_grid, resample_displacement,
                     resample_volume, slice_grid, voxel_spacing)
 from .pair_dataset import EmptySplitError, PairDataset, check_tuple, make_item
-from .volume_io import (DEFAULT_HU_WINDOW, check_same_grid, keypoint_file_shape, load_image, load_labels,
-                        load_mask, read_header, read_keypoints, same_affine, window_ct)
+from .volume_io import (DEFAULT_HU_WINDOW, check_same_grid, keypoint_file_shape, load_displacement, load_image,
+                        load_labels, load_mask, read_header, read_keypoints, same_affine, window_ct)
 
 __all__ = ["Learn2RegDataset", "NLSTDataset", "LungCTDataset", "sibling_path"]
 
@@ -149,12 +149,23 @@ class Learn2RegDataset(PairDataset):
         if not isinstance(entries, list):
             raise ValueError(f"{self.json_path}: {key!r} must be a list of {{'fixed': ..., 'moving': ...}}")
         pairs = []
-        for entry in entries:
+        for number, entry in enumerate(entries):
             if not isinstance(entry, dict) or "fixed" not in entry or "moving" not in entry:
                 raise ValueError(f"{self.json_path}: entries of {key!r} need 'fixed' and 'moving', got {entry!r}")
-            pairs.append((Path(os.path.normpath(self.root / entry["fixed"])),
-                          Path(os.path.normpath(self.root / entry["moving"]))))
+            pairs.append(tuple(self._entry_path(entry[side], f"{key}[{number}].{side}")
+                               for side in ("fixed", "moving")))
         return pairs
+
+    def _entry_path(self, value: Any, where: str) -> Path:
+        """A path of the description file: relative, and inside the dataset folder once normalised."""
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{self.json_path}: {where} must be a file path relative to the dataset folder, got "
+                             f"{value!r}")
+        path = Path(os.path.normpath(self.root / value))
+        if Path(value).is_absolute() or not path.is_relative_to(Path(os.path.normpath(self.root))):
+            raise ValueError(f"{self.json_path}: {where} {value!r} leaves the dataset folder {self.root}; paths must "
+                             f"be relative to it, without '..' out of it")
+        return path
 
     def _split_entries(self) -> list[tuple[Path, Path]]:
         val, test = self._entries("registration_val"), self._entries("registration_test")
@@ -308,7 +319,7 @@ class Learn2RegDataset(PairDataset):
             out["fixed_keypoints"] = fixed_points[keep][:, plane]
             out["moving_keypoints"] = moving_points[keep][:, plane]
         if record.displacement is not None:
-            field = np.asarray(nib.load(str(record.displacement)).get_fdata(dtype=np.float32))
+            field = load_displacement(record.displacement)[0]
             field = field.reshape(field.shape[:record.file_ndim] + (record.file_ndim,))
             field = np.moveaxis(field[:, :, None, :] if record.file_ndim == 2 else field, -1, 0)
             field = np.concatenate([field, np.zeros((3 - len(field),) + field.shape[1:], np.float32)])

@@ -16,9 +16,22 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["SPLITS", "EmptySplitError", "PairDataset", "make_item", "check_tuple"]
+from .volume_io import check_file
+
+__all__ = ["SPLITS", "RECORD_FILES", "EmptySplitError", "PairDataset", "make_item", "check_tuple"]
 
 SPLITS = ("train", "val", "test")
+#: Attributes of a pair record that name its files, and the kind of each file (see :func:`~.volume_io.check_file`).
+RECORD_FILES = {"fixed": "image", "moving": "image", "fixed_labels": "labels", "moving_labels": "labels",
+                "fixed_mask": "mask", "moving_mask": "mask", "fixed_keypoints": "keypoints",
+                "moving_keypoints": "keypoints", "displacement": "displacement"}
+# Files :meth:`PairDataset.scan` found good in this process: (path, kind, classes, size, mtime).
+_CHECKED: set[tuple] = set()
+
+
+def _record_files(record: Any) -> list[tuple[str, Path]]:
+    return [(kind, Path(getattr(record, attribute))) for attribute, kind in RECORD_FILES.items()
+            if getattr(record, attribute, None) is not None]
 
 
 class EmptySplitError(ValueError):
@@ -29,7 +42,8 @@ class EmptySplitError(ValueError):
 class PairDataset(Dataset):
     """Common machinery: pair list, ``pairs=`` restriction, optional cache, ``describe()``.
 
-    Subclasses fill ``self._pairs`` (records with a ``pair_id``) and implement ``_load(record) -> dict``.
+    Subclasses fill ``self._pairs`` (records with a ``pair_id`` and their files as the attributes of
+    :data:`RECORD_FILES`) and implement ``_load(record) -> dict``. :meth:`scan` reads every file once.
     """
 
     name = "pairs"
@@ -73,6 +87,26 @@ class PairDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self._pairs)
+
+    def scan(self) -> None:
+        """Read and check every file of every pair (readable, finite values, labels in ``0..C-1``, keypoints):
+        ValueError naming the first bad file. A file checked before and unchanged since (same size and
+        modification time) is not read again in this process."""
+        for record in self._pairs:
+            for kind, path in _record_files(record):
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    raise FileNotFoundError(f"{kind} file not found: {path}") from None
+                key = (str(path.resolve()), kind, self.num_classes, stat.st_size, stat.st_mtime_ns)
+                if key not in _CHECKED:
+                    self.check_file(kind, path, record)
+                    _CHECKED.add(key)
+
+    def check_file(self, kind: str, path: Path, record: Any) -> None:
+        """Read one file of ``record`` with this dataset's reader and its checks (:func:`~.volume_io.check_file`):
+        ValueError naming the file when it is unreadable or holds wrong values."""
+        check_file(kind, path, self.num_classes, ndim=getattr(record, "file_ndim", self.ndim))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):

@@ -313,6 +313,17 @@ class PairListDataset(PairDataset):
         world = points @ image_io.LPS_TO_RAS.T if self.keypoint_units == "lps" else points
         return (world - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
 
+    def check_file(self, kind: str, path: Path, record: _ListedPair) -> None:
+        """Read one file of ``record`` in its own format (through SimpleITK) with the checks of loading it."""
+        if kind == "image":
+            image_io.read_image(path, "image")
+        elif kind == "labels":
+            image_io.read_labels(path, self.num_classes)
+        elif kind == "keypoints":
+            read_keypoints(path, record.file_ndim)
+        else:
+            super().check_file(kind, path, record)
+
     def _load(self, record: _ListedPair) -> dict[str, Any]:
         fixed, affine_f = image_io.read_image(record.fixed, "fixed image")
         moving, affine_m = image_io.read_image(record.moving, "moving image")

@@ -23,8 +23,10 @@ mask and keypoints are carried onto it through their own affines (voxel -> world
 Preprocessing is a change of grid followed by one interpolation per volume (images linear, labels and masks
 nearest); see :func:`rescale_grid` (``spacing=``), :func:`crop_grid` (``shape=``) and :func:`slice_grid` (2D mode).
 Keypoints and the phantom's true displacement go through the same voxel maps. Nothing is downloaded: point
-``root`` at the folder you unpacked. Files and headers are checked when a dataset is built; voxel data is read
-in ``__getitem__`` (optionally cached in memory with ``cache=True``; each DataLoader worker keeps its own cache).
+``root`` at the folder you unpacked. Files and headers are checked when a dataset is built, and
+:func:`get_dataset` reads every file once (``scan``: readable, finite, labels in range, naming the bad file);
+the pair's arrays are built in ``__getitem__``, whose readers check the files again (optionally cached in memory
+with ``cache=True``; each DataLoader worker keeps its own cache).
 
 One module per concept in this sub-package: :mod:`.grids` (geometry and resampling), :mod:`.volume_io` (NIfTI
 and keypoint files, intensity scaling), :mod:`.pair_dataset` (the base class and the item dict), :mod:`.learn2reg`
@@ -61,10 +63,13 @@ def available_datasets() -> tuple[str, ...]:
     return tuple(_DATASETS)
 
 
-def get_dataset(name: str, root: str | Path, split: str = "train", **options: Any) -> PairDataset:
+def get_dataset(name: str, root: str | Path, split: str = "train", scan: bool = True, **options: Any) -> PairDataset:
     """The ``split`` (``train``/``val``/``test``) of dataset ``name`` stored under ``root``, with its ``options``.
 
-    Raises ValueError for an unknown name or option (listing the valid ones) and for bad data (see the classes).
+    ``scan`` reads every file of the split once (:meth:`~.pair_dataset.PairDataset.scan`), so that a truncated
+    file or NaN voxels fail here, naming the file, rather than at some step of a run; without it each pair's
+    files are checked as the pair is loaded. Raises ValueError for an unknown name or option (listing the valid
+    ones) and for bad data (see the classes).
     """
     key = str(name).lower()
     if key not in _DATASETS:
@@ -77,7 +82,10 @@ def get_dataset(name: str, root: str | Path, split: str = "train", **options: An
     if root is None:
         what = "the pairs CSV (or its folder)" if key == "pairs" else f"the folder of the {key} dataset"
         raise ValueError(f"root must be {what}, got None")
-    return cls(root, split, **options)
+    dataset = cls(root, split, **options)
+    if scan:
+        dataset.scan()
+    return dataset
 
 
 _LIST_KEYS = ("fixed_keypoints", "moving_keypoints", "pair_id")

@@ -5,6 +5,10 @@ NIfTI images, label maps and masks come back as C-ordered arrays with 3 axes (a 
 shape and affine without voxel data, so that datasets can check their files when they are built. Keypoints are
 header-less comma-separated files of 0-based voxel coordinates. :func:`window_ct` (CT, HU) and
 :func:`robust_minmax` (MR, percentiles) map intensities to [0, 1].
+
+Every reader checks what it reads (images, masks and displacements finite, labels whole numbers in range) and
+raises a ValueError naming the file when it cannot read it (truncated or damaged) or its values are wrong;
+:func:`check_file` runs the reader of one kind of file, for a dataset's scan of all its files.
 """
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ __all__ = [
     "load_image",
     "load_labels",
     "load_mask",
+    "load_displacement",
+    "FILE_KINDS",
+    "check_file",
 ]
 
 #: CT intensity window (HU) mapped to [0, 1]: air at 0, soft tissue near 0.5, dense bone and metal clipped at 1.
@@ -120,16 +127,43 @@ def _as3d(array: np.ndarray) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
+def _open(path: Path, what: str) -> nib.spatialimages.SpatialImage:
+    try:
+        return nib.load(str(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except Exception as error:  # noqa: BLE001 - nibabel raises several types; report them with the file name
+        raise ValueError(f"{what} {path}: cannot read the NIfTI file ({type(error).__name__}: {error})") from None
+
+
+def _voxels(image: nib.spatialimages.SpatialImage, path: Path, what: str, read) -> np.ndarray:
+    """``read(image)`` with a truncated or corrupt file (EOFError, zlib or gzip errors...) a ValueError naming it."""
+    try:
+        return read(image)
+    except Exception as error:  # noqa: BLE001 - the decompressors raise several types
+        raise ValueError(f"{what} {path}: cannot read the voxel data ({type(error).__name__}: {error}); the file is "
+                         f"truncated or damaged") from None
+
+
+def _check_finite(array: np.ndarray, path: Path, what: str) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        count = int((~np.isfinite(array)).sum())
+        raise ValueError(f"{what} {path}: {count} voxel value(s) are NaN or infinite")
+
+
 def load_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Image (float32, 3 axes, values as stored) and its affine (float64 ``[4, 4]``, voxel -> world mm)."""
-    image = nib.load(str(path))
-    return _as3d(np.asarray(image.get_fdata(dtype=np.float32))), np.asarray(image.affine, dtype=np.float64)
+    """Image (float32, 3 axes, values as stored) and its affine (float64 ``[4, 4]``, voxel -> world mm); every
+    value finite."""
+    image = _open(path, "image file")
+    array = _voxels(image, path, "image file", lambda i: np.asarray(i.get_fdata(dtype=np.float32)))
+    _check_finite(array, path, "image file")
+    return _as3d(array), np.asarray(image.affine, dtype=np.float64)
 
 
 def load_labels(path: Path, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Integer label map (int64, 3 axes) and affine; values must be whole numbers in ``0..num_classes-1``."""
-    image = nib.load(str(path))
-    data = np.asanyarray(image.dataobj)
+    image = _open(path, "label file")
+    data = _voxels(image, path, "label file", lambda i: np.asanyarray(i.dataobj))
     if data.dtype.kind == "f":
         if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
             raise ValueError(f"label file {path}: values must be whole numbers")
@@ -141,6 +175,39 @@ def load_labels(path: Path, num_classes: int | None = None) -> tuple[np.ndarray,
 
 
 def load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """0/1 mask (uint8, 3 axes; every nonzero voxel is 1) and its affine (float64 ``[4, 4]``)."""
-    image = nib.load(str(path))
-    return _as3d(np.asanyarray(image.dataobj)).astype(bool).astype(np.uint8), np.asarray(image.affine, np.float64)
+    """0/1 mask (uint8, 3 axes; every nonzero voxel is 1) and its affine (float64 ``[4, 4]``); values finite."""
+    image = _open(path, "mask file")
+    data = _voxels(image, path, "mask file", lambda i: np.asanyarray(i.dataobj))
+    _check_finite(data, path, "mask file")
+    return _as3d(data).astype(bool).astype(np.uint8), np.asarray(image.affine, np.float64)
+
+
+def load_displacement(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A displacement field as stored (float32, Learn2Reg ``[*S, ndim]`` or ``[*S, 1, ndim]``) and its affine;
+    every value finite."""
+    image = _open(path, "displacement file")
+    field = _voxels(image, path, "displacement file", lambda i: np.asarray(i.get_fdata(dtype=np.float32)))
+    _check_finite(field, path, "displacement file")
+    return field, np.asarray(image.affine, dtype=np.float64)
+
+
+#: The kinds of file a dataset reads, for :func:`check_file`.
+FILE_KINDS = ("image", "labels", "mask", "keypoints", "displacement")
+
+
+def check_file(kind: str, path: Path, num_classes: int | None = None, ndim: int = 3) -> None:
+    """Read the file ``path`` of ``kind`` (:data:`FILE_KINDS`) with its reader and its checks: ValueError (or
+    FileNotFoundError) naming the file when it cannot be read or holds wrong values. ``num_classes`` bounds the
+    labels, ``ndim`` is the keypoints' number of columns."""
+    if kind == "image":
+        load_image(path)
+    elif kind == "labels":
+        load_labels(path, num_classes)
+    elif kind == "mask":
+        load_mask(path)
+    elif kind == "keypoints":
+        read_keypoints(path, ndim)
+    elif kind == "displacement":
+        load_displacement(path)
+    else:
+        raise ValueError(f"kind must be one of {FILE_KINDS}, got {kind!r}")

@@ -228,9 +228,12 @@ class _Registration(nn.Module):
         """Rebuild a model from a checkpoint dict already read by :func:`~.checkpoints.read_checkpoint`."""
         config = cls._stored_config(payload, source)
         try:
-            model = cls(**config)
+            with torch.device("meta"):  # shapes only: a config asking for an absurd size allocates nothing
+                skeleton = cls(**config)
         except TypeError as error:
             raise ValueError(f"{source}: 'model_config' does not fit {cls.__name__}: {error}") from error
+        _check_state_shapes(skeleton, payload["model_state"], source)
+        model = cls(**config)
         try:
             model.load_state_dict(payload["model_state"])
         except RuntimeError as error:
@@ -238,6 +241,22 @@ class _Registration(nn.Module):
         if isinstance(map_location, (str, torch.device)):
             model.to(map_location)
         return model
+
+
+def _check_state_shapes(skeleton: nn.Module, state: Any, source: str) -> None:
+    """ValueError, naming the first mismatches, when ``state`` does not hold the tensors of ``skeleton``'s shapes."""
+    expected = {name: tuple(value.shape) for name, value in skeleton.state_dict().items()}
+    if not isinstance(state, dict):
+        raise ValueError(f"{source}: 'model_state' must be a state dict, got {type(state).__name__}")
+    found = {name: tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+             for name, value in state.items()}
+    problems = [f"{name} missing" for name in expected if name not in found]
+    problems += [f"{name} unexpected" for name in found if name not in expected]
+    problems += [f"{name} {list(found[name]) if isinstance(found[name], tuple) else found[name]} instead of "
+                 f"{list(shape)}" for name, shape in expected.items() if name in found and found[name] != shape]
+    if problems:
+        raise ValueError(f"{source}: 'model_state' does not match 'model_config' ({len(problems)} tensor(s): "
+                         f"{'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''})")
 
 
 class VxmDense(_Registration):

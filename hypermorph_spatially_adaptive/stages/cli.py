@@ -6,17 +6,25 @@ command line override it. The same concept has the same flag in every stage: a m
 ``--spatial-model`` (a checkpoint file or a training run folder, default ``runs/default/<kind>/checkpoints/last.pt``;
 ``--model`` is the stage's main model), a (lam, mu) pair is ``--<what>-params LAM MU`` (:func:`lam_mu`), pairs are
 limited by ``--max-pairs``, figures by ``--figures`` and ``--resume`` continues the run in ``--out``.
+
+A config file's values go through the same conversion as the flags' (type, choices, number of values; a switch
+takes only true or false). :func:`run_stage` holds the output folder's lock while the stage runs (see
+:mod:`.run_folder`) and turns bad input into exit code 2 with a one-line message.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import re
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..data import registry
 from ..data.pair_dataset import EmptySplitError
 from ..files import atomic_write_json, software_versions
+from .run_folder import OutputLock, check_owner
 
 __all__ = [
     "HelpFormatter",
@@ -30,6 +38,8 @@ __all__ = [
     "dataset_options",
     "resolve_data_root",
     "open_dataset",
+    "error_message",
+    "output_folder",
     "run_stage",
     "write_config",
     "load_config_file",
@@ -59,6 +69,9 @@ def add_data_args(parser: argparse.ArgumentParser, split: str = "train") -> None
     group.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                        help="extra keyword option of the dataset class (VALUE parsed as JSON when possible); "
                             "repeatable")
+    group.add_argument("--no-data-scan", dest="data_scan", action="store_false",
+                       help="do not open every file of the dataset when it is opened (for very large datasets); each "
+                            "pair's files are then checked when the pair is loaded")
 
 
 def add_run_args(parser: argparse.ArgumentParser, out: str, dry_run: bool = False) -> None:
@@ -125,23 +138,77 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return dict(data.get("options", data))
 
 
+_SWITCHES = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
+
+
+def _config_names(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.Action, bool]]:
+    """Every name a config key may use for a flag: its dest and each ``--`` option string (``--model`` ->
+    ``global_model``), with whether the name negates the flag (``no_hd95``, or the flag of a ``store_false``)."""
+    names = {action.dest: (action, False) for action in parser._actions}
+    for action in parser._actions:
+        for flag in action.option_strings:
+            if flag.startswith("--"):
+                negative = isinstance(action, argparse._StoreFalseAction) or (
+                    isinstance(action, argparse.BooleanOptionalAction) and flag.startswith("--no-"))
+                names.setdefault(flag[2:].replace("-", "_"), (action, negative))
+    return names
+
+
+def _config_value(parser: argparse.ArgumentParser, action: argparse.Action, negative: bool, key: str, value: Any,
+                  source: str) -> Any:
+    """The value of config key ``key`` as its flag would give it: the same type, choices and number of values."""
+    where = f"--config {source}: {key!r}"
+    if isinstance(action, _SWITCHES):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} is a switch: give true or false, got {value!r}")
+        return value != negative  # the dest's value: a negating name (no_hd95: true) stores False
+    if not isinstance(action, (argparse._StoreAction, argparse._AppendAction)):
+        raise ValueError(f"{where} cannot be set in a config file")
+    if value is None:
+        if action.default is None:
+            return None
+        raise ValueError(f"{where} cannot be null (its default is {action.default!r})")
+    single = action.nargs in (None, "?") and not isinstance(action, argparse._AppendAction)
+    if single and isinstance(value, (list, dict)):
+        raise ValueError(f"{where} takes one value, got {value!r}")
+    values = [value] if single or not isinstance(value, list) else value
+    if isinstance(action.nargs, int) and len(values) != action.nargs:
+        raise ValueError(f"{where} takes {action.nargs} values, got {value!r}")
+    if not values and action.nargs == "+":
+        raise ValueError(f"{where} takes at least one value, got an empty list")
+    strings = []
+    for item in values:
+        if isinstance(item, (bool, list, dict)) or item is None:
+            raise ValueError(f"{where}: expected {'a number' if action.type in (int, float) else 'a string'}, "
+                             f"got {json.dumps(item)}")
+        strings.append(str(item))
+    try:
+        if isinstance(action, argparse._AppendAction):
+            return [parser._get_values(action, [string]) for string in strings]
+        return parser._get_values(action, strings)
+    except argparse.ArgumentError as error:
+        raise ValueError(f"{where}: {error.message}") from None
+
+
 def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse ``argv``; when ``--config`` is given, its values become defaults that explicit flags override."""
+    """Parse ``argv``; when ``--config`` is given, its values become defaults that explicit flags override.
+
+    Each value is converted and checked as the flag's own value would be (type, choices, number of values, a
+    switch only true or false), so a config file cannot give a value the command line would refuse.
+    """
     args = parser.parse_args(argv)
-    if not args.config:
+    if not getattr(args, "config", None):
         return args
-    # Every name a flag answers to: its dest and each of its option strings (``--model`` -> ``global_model``).
-    known = {action.dest: action.dest for action in parser._actions}
-    known.update({flag.lstrip("-").replace("-", "_"): action.dest for action in parser._actions
-                  for flag in action.option_strings if flag.startswith("--")})
+    names = _config_names(parser)
     defaults = {}
     for key, value in load_config_file(args.config).items():
-        name = key.replace("-", "_")
+        name = str(key).replace("-", "_")
         if name == "config":
             continue
-        if name not in known:
+        if name not in names:
             raise ValueError(f"--config {args.config}: unknown option {key!r}")
-        defaults[known[name]] = value
+        action, negative = names[name]
+        defaults[action.dest] = _config_value(parser, action, negative, str(key), value, args.config)
     parser.set_defaults(**defaults)
     return parser.parse_args(argv)
 
@@ -193,7 +260,8 @@ def open_dataset(args: argparse.Namespace, split: str | None = None) -> Any:
             raise ValueError("--dataset pairs needs --pairs-csv FILE (the CSV that lists your pairs)")
         raise ValueError(f"--data-root is required: the {args.dataset} dataset folder")
     try:
-        return registry.get_dataset(args.dataset, args.data_root, split, **dataset_options(args))
+        return registry.get_dataset(args.dataset, args.data_root, split, scan=getattr(args, "data_scan", True),
+                                    **dataset_options(args))
     except (ValueError, FileNotFoundError) as error:  # a missing root or description file is bad input too
         root_flag = "--pairs-csv" if getattr(args, "pairs_csv", None) else "--data-root"
         given = [f"--dataset {args.dataset}", f"{root_flag} {args.data_root}", f"split {split!r}"]
@@ -205,17 +273,50 @@ def open_dataset(args: argparse.Namespace, split: str | None = None) -> Any:
         raise kind(f"{', '.join(given)}: {error}") from error
 
 
+@contextlib.contextmanager
+def output_folder(args: argparse.Namespace, stage: str) -> Iterator[None]:
+    """Hold the lock of ``--out`` and check that no other stage owns it (:mod:`.run_folder`).
+
+    A dry run (``--dry-run``) writes nothing and takes no lock; nor do the other ranks of a distributed run (rank
+    0 holds it for them).
+    """
+    if getattr(args, "dry_run", False) or os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    with OutputLock(args.out) as lock:
+        if lock.taken_over:
+            print(f"notice: --out {args.out}: took over the lock of process {lock.taken_over}, which ended without "
+                  f"releasing it", flush=True)
+        check_owner(args.out, stage)
+        yield
+
+
+def error_message(error: BaseException) -> str:
+    """One line for ``error``: an OSError as ``file: reason``; the original message of an error a DataLoader worker
+    re-raised (the last line of the worker's traceback); line breaks of other messages joined."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = re.sub(r"^[\w.]+: ", "", text.splitlines()[-1])
+    return re.sub(r"\s*\n\s*", " ", text)
+
+
 def run_stage(parser: argparse.ArgumentParser, work: Callable[[argparse.Namespace], Any],
-              argv: Sequence[str] | None = None, errors: tuple[type[Exception], ...] = (ValueError,)) -> int:
+              argv: Sequence[str] | None = None, errors: tuple[type[Exception], ...] = (ValueError,),
+              stage: str | None = None) -> int:
     """Parse ``argv`` (with ``--config``), call ``work(args)`` and return the exit code.
 
-    ``errors`` (bad input, found before any output is written) exit with code 2 and the message on stderr.
+    With ``stage`` (the stage's name), ``work`` runs while this process holds the lock of ``--out``
+    (:func:`output_folder`). ``errors`` (bad input) and a file that cannot be read or written (OSError) exit with
+    code 2 and a one-line message on stderr.
     """
     try:
         args = parse_args_with_config(parser, argv)
-        result = work(args)
-    except errors as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+        with output_folder(args, stage) if stage is not None else contextlib.nullcontext():
+            result = work(args)
+    except (*errors, OSError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error_message(error)}\n")
     print(f"done: {result}")
     return 0
 

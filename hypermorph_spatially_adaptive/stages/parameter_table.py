@@ -92,6 +92,10 @@ class ParameterTable:
 
 
 def _parse_row(record: dict[str, str], line: int, source: str) -> ParameterRow:
+    if None in record or None in record.values():  # csv.DictReader: extra fields under None, missing ones None
+        fields = len(record) - (None in record) + len(record.get(None) or ()) - list(record.values()).count(None)
+        raise ValueError(f"{source}, line {line}: expected {len(COLUMNS)} fields ({', '.join(COLUMNS)}), got "
+                         f"{fields}")
     try:
         row = ParameterRow(scope=record["scope"].strip(), class_id=int(record["class_id"]),
                            class_name=record["class_name"].strip(), lam=float(record["lam"]),

@@ -1,5 +1,6 @@
 """Dataset readers on tiny fake trees written in the real layouts (file names, JSON keys, CSV format)."""
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -610,3 +611,47 @@ def test_get_dataset_rejects_unknown_names_and_options(tmp_path):
         datasets.get_dataset("acdc", tmp_path / "missing", "train")
     with pytest.raises(ValueError, match="shape must be 3 positive integers"):
         datasets.get_dataset("nlst", make_nlst(tmp_path), "train", shape=(8, 8))
+
+
+@pytest.mark.parametrize("kind", ["image", "labels", "displacement"])
+def test_the_scan_names_a_file_with_nan_values_and_without_it_the_pair_names_it_when_loaded(kind, phantom_root,
+                                                                                           tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(phantom_root, root)
+    folder, pattern = {"image": ("imagesTr", "PHANTOM_0002_0000.nii.gz"), "labels": ("labelsTr", "PHANTOM_0002_0001*"),
+                       "displacement": ("groundtruthTr", "disp_0002_*")}[kind]
+    path = sorted((root / folder).glob(pattern))[0]
+    image = nib.load(str(path))
+    array = np.asarray(image.get_fdata(), dtype=np.float32)
+    array[(1,) * array.ndim] = np.nan
+    nib.save(nib.Nifti1Image(array, image.affine), str(path))
+    with pytest.raises(ValueError, match=path.name):
+        datasets.get_dataset("phantom", root, "train")
+    dataset = datasets.get_dataset("phantom", root, "train", scan=False)
+    dataset[0]  # pair 0001: unaffected
+    with pytest.raises(ValueError, match=path.name):
+        dataset[dataset.pair_ids.index("0002")]
+
+
+def test_a_file_changed_after_a_good_scan_is_read_again(phantom_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(phantom_root, root)
+    datasets.get_dataset("phantom", root, "test")
+    path = sorted((root / "imagesTr").glob("PHANTOM_0006_0001.nii.gz"))[0]
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=f"{path.name}: cannot read the voxel data"):
+        datasets.get_dataset("phantom", root, "test")
+
+
+@pytest.mark.parametrize("value,needle", [(5, "must be a file path"), (None, "must be a file path"),
+                                          ("../outside/PHANTOM_0006_0000.nii.gz", "leaves the dataset folder"),
+                                          ("/tmp/PHANTOM_0006_0000.nii.gz", "leaves the dataset folder")])
+def test_description_paths_are_relative_paths_inside_the_data_root(value, needle, phantom_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(phantom_root, root)
+    path = root / "PHANTOM_dataset.json"
+    description = json.loads(path.read_text())
+    description["registration_test"][0]["fixed"] = value
+    path.write_text(json.dumps(description))
+    with pytest.raises(ValueError, match=rf"PHANTOM_dataset.json: registration_test\[0\].fixed .*{needle}"):
+        datasets.get_dataset("phantom", root, "test")

@@ -2,6 +2,7 @@
 plumbing: model flags and their ``--model`` alias (on the command line and in config files), (lam, mu) pairs."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -85,3 +86,40 @@ def test_a_pair_of_parameters_is_checked_the_same_way():
     assert lam_mu([0.3, 0.7], "--val-params") == (0.3, 0.7)
     with pytest.raises(ValueError, match="--literature-params 0.6 0.6: need lam, mu >= 0 with lam \\+ mu <= 1"):
         lam_mu([0.6, 0.6], "--literature-params")
+
+
+@pytest.mark.parametrize("text,dest,expected", [
+    ("steps: 3", "steps", 3), ("steps: '3'", "steps", 3), ("lr: 1", "lr", 1.0), ("amp: true", "amp", True),
+    ("val-params: [0.2, 0.3]", "val_params", [0.2, 0.3]), ("enc_features: 8", "enc_features", [8]),
+    ("dataset_option: cache=true", "dataset_option", ["cache=true"]), ("steps: null", "steps", None),
+    ("no_data_scan: true", "data_scan", False), ("data_scan: false", "data_scan", False),
+    ("lr_schedule: cosine", "lr_schedule", "cosine"),
+])
+def test_config_values_are_converted_as_the_flags_convert_them(tmp_path, text, dest, expected):
+    config = tmp_path / "options.yaml"
+    config.write_text(text + "\n")
+    args = parse_args_with_config(training.build_parser("global"), ["--config", str(config)])
+    assert getattr(args, dest) == expected and type(getattr(args, dest)) is type(expected)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("steps: 2.7", "'steps': invalid int value: '2.7'"), ("steps: true", "'steps': expected a number, got true"),
+    ("amp: 'no'", "'amp' is a switch: give true or false, got 'no'"), ("amp: 1", "'amp' is a switch"),
+    ("lr_schedule: linear", "'lr_schedule': invalid choice: 'linear'"), ("lr: null", "'lr' cannot be null"),
+    ("val_params: [0.1]", "'val_params' takes 2 values"), ("steps: [1, 2]", "'steps' takes one value"),
+    ("help: true", "'help' cannot be set in a config file"), ("enc_features: [8, x]", "invalid int value: 'x'"),
+])
+def test_config_values_the_flags_would_refuse_are_refused_naming_the_file_and_key(tmp_path, text, needle):
+    config = tmp_path / "options.yaml"
+    config.write_text(text + "\n")
+    with pytest.raises(ValueError) as error:
+        parse_args_with_config(training.build_parser("global"), ["--config", str(config)])
+    assert str(error.value).startswith(f"--config {config}: ") and needle in str(error.value)
+
+
+def test_a_negating_name_in_a_config_file_turns_the_switch_off(tmp_path):
+    assert inference.build_parser().parse_args([]).hd95 is True
+    config = tmp_path / "options.json"
+    for options, expected in (({"no_hd95": True}, False), ({"hd95": False}, False), ({"no-hd95": False}, True)):
+        config.write_text(json.dumps(options))
+        assert parse_args_with_config(inference.build_parser(), ["--config", str(config)]).hd95 is expected

@@ -377,7 +377,9 @@ def test_resume_skips_the_pairs_an_interrupted_run_finished(single_run, base, tm
     monkeypatch.setattr(identification_stage, "evaluate_pair", interrupted)
     with pytest.raises(Interrupted):
         main([*base, "--shard", "1/1", "--out", str(out)])
-    assert sorted(p.name for p in (out / ".partial").iterdir()) == ["0001.csv", "run.json"]
+    assert sorted(p.name for p in (out / ".partial").iterdir()) == ["0001.csv"]
+    assert json.loads((out / "run.json").read_text())["stage"] == "identification"
+    assert not (out / ".lock").exists()  # released when the run ended, even by an exception
     calls.clear()
     monkeypatch.setattr(identification_stage, "evaluate_pair", lambda *a, **k: calls.append(a[1]["pair_id"])
                         or evaluate(*a, **k))

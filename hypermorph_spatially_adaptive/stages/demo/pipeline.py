@@ -29,7 +29,7 @@ from ...data.phantom.writer import split_sizes
 from ...data.registry import collate_pairs
 from ...models.networks import HyperVxmDense
 from ...runtime import resolve_device
-from ..cli import HelpFormatter, write_config
+from ..cli import HelpFormatter, run_stage, write_config
 from ..plan import Plan, count_parameters
 from ..training.dry_run import measure_training_step
 from ..training.step import LossOptions
@@ -37,6 +37,7 @@ from ..identification import main as identify_main
 from ..inference import main as infer_main
 from ..locality import main as locality_main
 from ..parameter_table import GLOBAL, read_parameters, with_subject_rows, write_parameters
+from ..run_folder import check_resume, record_run, run_record
 from ..training import main as train_main
 from . import verdict
 
@@ -148,7 +149,11 @@ def run_demo(args: argparse.Namespace) -> Path | str:
     if getattr(args, "dry_run", False):
         return _dry_run(args, settings)
     device = str(resolve_device(args.device))
-    out.mkdir(parents=True, exist_ok=True)
+    # A rerun continues the demo in --out: only with the same settings (each stage checks its own folder too).
+    record = run_record("demo", {"full": args.full, "seed": args.seed, "conditioning": args.conditioning,
+                                 "data_root": args.data_root, **settings}, paths=("data_root",))
+    check_resume(out, record, flag="demo rerun")
+    record_run(out, record)
     write_config(out, args, settings=settings)
     data = Path(args.data_root) if args.data_root else out / "data"
     if args.data_root and not (data / "PHANTOM_dataset.json").is_file():
@@ -217,6 +222,4 @@ def run_demo(args: argparse.Namespace) -> Path | str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``demo.py`` and ``hypermorph-demo``."""
-    args = build_parser().parse_args(argv)
-    run_demo(args)
-    return 0
+    return run_stage(build_parser(), run_demo, argv, stage="demo")

@@ -67,4 +67,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``parameter_identification.py``; returns the process exit code."""
-    return run_stage(build_parser(), run, argv)
+    return run_stage(build_parser(), run, argv, stage="identification")

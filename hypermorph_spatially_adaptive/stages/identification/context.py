@@ -13,15 +13,20 @@ from typing import Any, Sequence
 
 import torch
 
+from ...models.checkpoints import resolve_checkpoint
 from ...models.trained import ModelInfo, load_trained_model
 from ...runtime import resolve_device
-from ..cli import dataset_options, lam_mu, open_dataset
+from ..cli import lam_mu, open_dataset
+from ..run_folder import run_record
 from .grid import parse_values, simplex_grid, value_grid
 from .grid_scores import GridScores, merge_grid_scores, parse_shard, read_grid_scores, shard_pair_ids
 from .scoring import default_grid_batch
 
 __all__ = ["StageContext", "prepare", "run_identity"]
 
+# Options that do not change the results (left out of run.json); the models are recorded by their files' identity.
+_NOT_RECORDED = ("out", "device", "config", "resume", "figures", "grid_batch", "global_model", "spatial_model",
+                 "data_scan", "dry_run")
 # Options that must agree between the shards of one --merge.
 _SHARD_KEYS = ("global_model", "selection_labels", "dataset", "data_root", "split", "ndim", "image_size",
                "target_spacing", "dataset_option", "max_pairs", "grid_step", "lam_values", "mu_values")
@@ -74,12 +79,16 @@ def _grid(args: argparse.Namespace) -> torch.Tensor:
     return grid
 
 
-def _relabelled(dataset: Any, folder: Path) -> Any:
-    """``dataset`` reading its label maps from ``--selection-labels`` (same file names)."""
+def _relabelled(dataset: Any, folder: Path, scan: bool) -> Any:
+    """``dataset`` reading its label maps from ``--selection-labels`` (same file names), every file read once
+    with ``scan``."""
     try:
-        return dataset.with_label_folder(folder)
-    except ValueError as error:
+        relabelled = dataset.with_label_folder(folder)
+        if scan:
+            relabelled.scan()
+    except (ValueError, FileNotFoundError) as error:
         raise ValueError(f"--selection-labels {error}") from None
+    return relabelled
 
 
 def _load_global(args: argparse.Namespace, device: torch.device, class_names: Sequence[str]) -> torch.nn.Module:
@@ -196,27 +205,17 @@ def prepare(args: argparse.Namespace) -> StageContext:
             raise ValueError(f"--shard {args.shard}: no pairs for this shard ({len(pair_ids)} pairs in all)")
     ctx.index = {pair_id: i for i, pair_id in enumerate(ctx.dataset.pair_ids)}
     if args.selection_labels:
-        ctx.selection = _relabelled(ctx.dataset, Path(args.selection_labels))
+        ctx.selection = _relabelled(ctx.dataset, Path(args.selection_labels), args.data_scan)
     _check_first_item(args, ctx)
     if args.refine:
         ctx.spatial = _load_spatial(args, device, ctx.class_names)
-    if args.resume:
-        _check_resume(args, ctx)
     return ctx
 
 
 def run_identity(args: argparse.Namespace, ctx: StageContext) -> dict[str, Any]:
-    """What per-pair results depend on; a resumed run must match it."""
-    identity = {"global_model": str(Path(args.global_model).resolve()), "dataset": args.dataset,
-                "data_root": str(Path(args.data_root).resolve()), "split": args.split,
-                "dataset_options": dataset_options(args), "class_names": list(ctx.class_names),
-                "selection_labels": str(Path(args.selection_labels).resolve()) if args.selection_labels else None,
-                "grid": ctx.grid.tolist()}
-    return json.loads(json.dumps(identity, default=str))
-
-
-def _check_resume(args: argparse.Namespace, ctx: StageContext) -> None:
-    stored = Path(args.out) / ".partial" / "run.json"
-    if stored.is_file() and json.loads(stored.read_text()) != run_identity(args, ctx):
-        raise ValueError(f"--resume: {stored.parent} holds results of a run with other model, data, labels or grid; "
-                         f"rerun without --resume to start over")
+    """What ``run.json`` records of an identification run, and a resumed run must match: every option that changes
+    its results (paths resolved) and the identity of the models it runs."""
+    options = {key: value for key, value in vars(args).items() if key not in _NOT_RECORDED}
+    inputs = {"--global-model": resolve_checkpoint(args.global_model) if ctx.model is not None else None,
+              "--spatial-model": resolve_checkpoint(args.spatial_model) if ctx.spatial is not None else None}
+    return run_record("identification", options, inputs, paths=("data_root", "selection_labels", "merge"))

@@ -5,7 +5,8 @@ parameters per scope (``parameters.csv``), draws heatmaps (``figures/``) and wri
 ``config.json`` into ``--out``. ``--shard K/N`` scores a slice of the pairs only (grid_scores.csv, config.json);
 ``--merge DIR...`` turns finished shards into the files of a single run. Every input is checked before anything
 is written (:mod:`.context`). Per-pair results go to ``OUT/.partial/<pair_id>.csv`` as they finish, so
-``--resume`` skips the pairs an interrupted run completed; the folder is removed at the end.
+``--resume`` skips the pairs an interrupted run completed (a run with the same ``run.json``); the folder is removed
+at the end.
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ...files import atomic_write_json, atomic_write_text
+from ...files import atomic_write_text
 from ...runtime import seed_everything
 from ..cli import write_config
 from ..parameter_table import GLOBAL, POPULATION, POPULATION_REFINED, ParameterRow, write_parameters
+from ..run_folder import check_resume, record_run
 from .choice import choose_parameters
 from .context import StageContext, prepare, run_identity
 from .dry_run import dry_run
@@ -36,7 +38,6 @@ def _evaluate(args: argparse.Namespace, ctx: StageContext, out: Path) -> GridSco
     partial = out / ".partial"
     if not args.resume and partial.exists():
         shutil.rmtree(partial)
-    atomic_write_json(run_identity(args, ctx), partial / "run.json")
     parts = []
     for pair_id in tqdm(ctx.pair_ids, desc="identification", unit="pair", dynamic_ncols=True):
         path = partial / f"{pair_id}.csv"
@@ -91,6 +92,11 @@ def run(args: argparse.Namespace) -> Path:
     if args.dry_run:
         return dry_run(args, ctx)
     out = Path(args.out)
+    record = run_identity(args, ctx)
+    if args.resume:
+        # The pairs already scored must come from the same model, data and grid; --max-pairs only says how many.
+        check_resume(out, record, may_differ=("max_pairs",))
+    record_run(out, record)
     scores = ctx.merged if ctx.merged is not None else _evaluate(args, ctx, out)
     write_grid_scores(out / "grid_scores.csv", scores)
     facts = {"class_names": list(ctx.class_names), "pair_ids": list(scores.pair_ids), "grid": scores.grid.tolist()}

@@ -91,4 +91,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``inference.py``; returns the exit code (2 for bad input, nothing written)."""
-    return run_stage(build_parser(), run, argv)
+    return run_stage(build_parser(), run, argv, stage="inference")

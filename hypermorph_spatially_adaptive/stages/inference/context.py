@@ -15,14 +15,21 @@ from ...models.networks import HyperVxmDense
 from ...runtime import resolve_device
 from ..cli import open_dataset, resolve_data_root
 from ..parameter_table import GLOBAL, POPULATION, POPULATION_REFINED, ParameterTable, read_parameters
+from ..run_folder import run_record
 from .oracle import ORACLE_FILE, read_oracle
 from .pairs import LITERATURE, METHODS, SPATIAL_METHODS, TISSUE_ORACLE, output_stem
 
-__all__ = ["StageContext", "prepare", "OUTPUT_FORMATS", "SAME_FORMAT", "output_format"]
+__all__ = ["StageContext", "prepare", "run_identity", "OUTPUT_FORMATS", "SAME_FORMAT", "output_format"]
 
 #: ``--output-format`` choices: a format of :mod:`...data.image_io`, or ``same`` (the fixed image's).
 SAME_FORMAT = "same"
 OUTPUT_FORMATS = ("nifti", SAME_FORMAT, "mha", "nrrd")
+
+# Options that do not change the results (left out of run.json); models and parameters are recorded by their files'
+# identity.
+_NOT_RECORDED = ("out", "device", "config", "resume", "figures", "spatial_model", "global_model", "parameters",
+                 "data_scan", "dry_run")
+_PATHS = ("data_root", "fixed", "moving", "fixed_labels", "moving_labels", "fixed_keypoints", "moving_keypoints")
 
 
 @dataclass
@@ -227,6 +234,10 @@ def prepare(args: argparse.Namespace) -> StageContext:
     else:
         pair_ids = [explicit_item["pair_id"]]
         stems = [f"{nifti_io.file_stem(args.fixed)}_{nifti_io.file_stem(args.moving)}"]
+    repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if repeated:
+        raise ValueError(f"--dataset {args.dataset} split {args.split!r}: pairs {repeated} are listed more than once "
+                         f"(their outputs would overwrite each other)")
     fixed_files = [Path(args.fixed)] if dataset is None else [dataset.fixed_file(i) for i in range(len(pair_ids))]
     formats = [output_format(args.output_format, path) for path in fixed_files]
     _check_scopes(table, methods, population_scope, pair_ids, args.parameters)
@@ -242,3 +253,11 @@ def prepare(args: argparse.Namespace) -> StageContext:
         if args.resume and (out / ORACLE_FILE).is_file():
             ctx.oracle = read_oracle(out / ORACLE_FILE, class_names)
     return ctx
+
+
+def run_identity(ctx: StageContext) -> dict[str, Any]:
+    """What ``run.json`` records of an inference run, and a resumed run must match: every option that changes the
+    results (paths resolved) and the identity of the models and the parameters file."""
+    options = {key: value for key, value in vars(ctx.args).items() if key not in _NOT_RECORDED}
+    inputs = {f"--{kind}-model": info.path for kind, (_, info) in ctx.models.items()}
+    return run_record("inference", options, {**inputs, "--parameters": ctx.args.parameters}, paths=_PATHS)

@@ -17,8 +17,9 @@ from ...files import atomic_write_json
 from ...runtime import seed_everything
 from ..cli import write_config
 from ..parameter_table import POPULATION, POPULATION_REFINED
+from ..run_folder import check_resume, record_run
 from . import figures, report
-from .context import StageContext, prepare
+from .context import StageContext, prepare, run_identity
 from .dry_run import dry_run
 from .oracle import ORACLE_FILE, choose_oracle
 from .pairs import TISSUE_ORACLE, method_parameters, output_paths, register, score_pair, write_outputs
@@ -101,7 +102,11 @@ def run(args: argparse.Namespace) -> Path:
     if args.dry_run:
         return dry_run(ctx)
     seed_everything(args.seed)
-    ctx.out.mkdir(parents=True, exist_ok=True)
+    record = run_identity(ctx)
+    if args.resume:
+        # Rows already written must come from the same models, parameters and data; --max-pairs only says how many.
+        check_resume(ctx.out, record, may_differ=("max_pairs",))
+    record_run(ctx.out, record)  # also removes the temporary files of a killed run's writes
     write_config(ctx.out, args, methods=ctx.methods, class_names=list(ctx.class_names),
                  population_scope=ctx.population_scope, pair_ids=ctx.pair_ids,
                  models={kind: str(info.path) for kind, (_, info) in ctx.models.items()},

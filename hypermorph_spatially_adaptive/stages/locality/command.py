@@ -17,9 +17,12 @@ from ...models.trained import load_trained_model
 from ...runtime import resolve_device, seed_everything
 from ..cli import HelpFormatter, add_data_args, add_model_arg, add_run_args, lam_mu, open_dataset, run_stage, \
     write_config
+from ..run_folder import record_run, run_record
 
 __all__ = ["COLUMNS", "build_parser", "measure", "main"]
 
+# Options that do not change the result (left out of run.json); the model is recorded by its file's identity.
+_NOT_RECORDED = ("out", "device", "config", "spatial_model", "data_scan", "dry_run")
 COLUMNS = ("class_id", "class_name", "locality", "leakage", "pairs", "base_lam", "base_mu", "raised_lam",
            "raised_mu")
 
@@ -40,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def measure(args: argparse.Namespace) -> tuple[Locality, Path]:
-    """Check the options, measure, write ``locality.csv`` and ``config.json`` in ``--out``; the result and file."""
+    """Check the options, measure, write ``run.json``, ``locality.csv`` and ``config.json`` in ``--out``; the result
+    and file."""
     base, raised = lam_mu(args.base_params, "--base-params"), lam_mu(args.raised_params, "--raised-params")
     if args.max_pairs is not None and args.max_pairs < 1:
         raise ValueError(f"--max-pairs must be >= 1, got {args.max_pairs}")
@@ -58,7 +62,8 @@ def measure(args: argparse.Namespace) -> tuple[Locality, Path]:
         raise ValueError(f"--dataset {args.dataset}: locality needs the fixed labels of every pair")
     result = measure_locality(model, items, info.class_names, base, raised)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    options = {key: value for key, value in vars(args).items() if key not in _NOT_RECORDED}
+    record_run(out, run_record("locality", options, {"--spatial-model": info.path}, paths=("data_root",)))
     rows = [[c, name, value, leak, result.pairs, *base, *raised]
             for c, (name, value, leak) in enumerate(zip(result.class_names[1:], result.locality, result.leakage),
                                                     start=1)]
@@ -72,4 +77,4 @@ def measure(args: argparse.Namespace) -> tuple[Locality, Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``locality.py`` and ``hypermorph-locality``."""
-    return run_stage(build_parser(), lambda args: measure(args)[1], argv)
+    return run_stage(build_parser(), lambda args: measure(args)[1], argv, stage="locality")

@@ -88,7 +88,7 @@ def main(model_type: str, argv: Sequence[str] | None = None) -> int:
     """Entry point of the training scripts; returns the process exit code."""
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
-    return run_stage(build_parser(model_type), train, argv, errors=(ValueError, TrainingError))
+    return run_stage(build_parser(model_type), train, argv, errors=(ValueError, TrainingError), stage="training")
 
 
 def main_global(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from ...core.hyperparams import nb_hyp_params
-from ...data.pair_dataset import EmptySplitError
+from ...data.pair_dataset import SPLITS, EmptySplitError
 from ...models.networks import HyperVxmDense, spatial_from_global
 from ...models.trained import load_trained_model
 from ...runtime import DistributedContext, init_distributed, resolve_device, seed_everything
@@ -45,8 +45,12 @@ def _check_options(args: argparse.Namespace) -> None:
     for flag, value in positive.items():
         if not value > 0:
             raise ValueError(f"{flag} must be positive, got {value}")
+    if args.ncc_window % 2 == 0:
+        raise ValueError(f"--ncc-window must be odd (a window centred on its voxel), got {args.ncc_window}")
     if args.workers < 0 or args.int_steps < 0:
         raise ValueError("--workers and --int-steps must be >= 0")
+    if args.val_split not in (None, "none", *SPLITS):
+        raise ValueError(f"--val-split must be one of {', '.join(SPLITS)} or none, got {args.val_split!r}")
     if args.val_max_pairs is not None and args.val_max_pairs < 1:
         raise ValueError(f"--val-max-pairs must be >= 1, got {args.val_max_pairs}")
     lam_mu(args.val_params, "--val-params")

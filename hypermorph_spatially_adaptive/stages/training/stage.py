@@ -23,17 +23,18 @@ from ...data.registry import collate_pairs
 from ...evaluation.locality import measure_locality
 from ...evaluation.pair_metrics import nanmean, pair_metrics
 from ...files import atomic_write_json
-from ...models.checkpoints import (RUN_CHECKPOINT, hyper_model_config, read_checkpoint, save_checkpoint,
-                                  training_checkpoint)
+from ...models.checkpoints import (RUN_CHECKPOINT, hyper_model_config, read_checkpoint, resolve_checkpoint,
+                                  save_checkpoint, training_checkpoint)
 from ...runtime import DistributedContext, rng_state, set_rng_state
-from ..cli import write_config
+from ..cli import error_message, write_config
+from ..run_folder import check_resume, record_run, run_record
 from .context import StageContext, common_spacing, prepare, run_info
 from .curves import CURVES_FILE, TENSORBOARD_FOLDER, log_scalars, open_tensorboard, write_curves
 from .dry_run import dry_run
 from .step import LossOptions, check_batch, training_network, training_step
 
 __all__ = ["MODEL_TYPES", "LR_SCHEDULES", "LOG_COLUMNS", "TrainingError", "scheduled_lr", "log_columns",
-           "validate", "train"]
+           "validate", "run_identity", "train"]
 
 MODEL_TYPES = ("global", "spatial")
 #: Columns of every ``train_log.csv``; a spatial model's log adds ``val_locality_<class>`` and
@@ -41,6 +42,10 @@ MODEL_TYPES = ("global", "spatial")
 LOG_COLUMNS = ("step", "epoch", "loss", "similarity", "regularization", "val_dice", "val_tre_mm",
                "val_folding_percent", "time_s")
 LR_SCHEDULES = ("constant", "cosine")
+# Options that do not change the trained weights (left out of run.json): where and how fast it runs, how often it
+# writes; --init-from is recorded by its file's identity.
+_NOT_RECORDED = ("out", "device", "config", "resume", "workers", "checkpoint_every", "log_every", "init_from",
+                 "data_scan", "dry_run", "tensorboard")
 
 
 def scheduled_lr(base: float, schedule: str, step: int, total_steps: int) -> float:
@@ -119,7 +124,11 @@ class _TrainLog:
         self.path, self.columns = path, tuple(columns)
         if resume_step is not None and path.exists():
             with path.open(newline="") as handle:
-                rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= resume_step]
+                try:
+                    rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= resume_step]
+                except (KeyError, TypeError, ValueError) as error:
+                    raise ValueError(f"--resume: {path} is damaged ({error!r}); move it away to resume without "
+                                     f"the earlier rows") from None
             self._rewrite(rows)
         elif not path.exists() or resume_step is None:
             self._rewrite([])
@@ -162,6 +171,10 @@ def _load_resume(ctx: StageContext, optimizer: torch.optim.Optimizer) -> tuple[i
         state = read_checkpoint(path, map_location="cpu")
     except ValueError as error:
         raise ValueError(f"--resume {error}") from None
+    missing = [key for key in ("optimizer_state", "step", "rng") if key not in state]
+    if missing:
+        raise ValueError(f"--resume {path}: a model file without the training state {missing} (written by "
+                         f"model.save, not by training), so the run cannot continue from it")
     if "upgraded_from" in state:
         raise ValueError(f"--resume {path}: a {state['upgraded_from']} checkpoint cannot be resumed (its optimizer "
                          f"state has the old kernel-head layout); its weights load everywhere else")
@@ -192,6 +205,36 @@ def _replica_divergence(model: torch.nn.Module, distributed: DistributedContext)
     return float((high - low).abs().max())
 
 
+def run_identity(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``run.json`` records of a training run: every option that changes the weights, the data root resolved,
+    and the identity of the ``--init-from`` checkpoint."""
+    options = {key: value for key, value in vars(args).items() if key not in _NOT_RECORDED}
+    init_from = getattr(args, "init_from", None)
+    return run_record("training", options, {"--init-from": resolve_checkpoint(init_from) if init_from else None},
+                      paths=("data_root",))
+
+
+def _may_differ(args: argparse.Namespace) -> tuple[str, ...]:
+    """Options a resumed run may change: the length of a run at a constant learning rate (a longer run continues
+    it exactly); a cosine schedule is a function of --steps, so there the length is fixed."""
+    return ("steps", "epochs") if args.lr_schedule == "constant" else ()
+
+
+def _batches(loader: DataLoader, last_checkpoint: Path) -> Iterator[dict[str, Any]]:
+    """The batches of ``loader``; a data file that fails to load (scan disabled) stops training, naming it."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (ValueError, OSError) as error:
+            kept = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint.is_file()
+                    else "no checkpoint was written yet")
+            raise TrainingError(f"training stopped, {kept}: {error_message(error)}") from None
+        yield batch
+
+
 def train(args: argparse.Namespace) -> Path:
     """Train one model as configured by ``args`` (see :func:`build_parser`); returns the run folder (or, with
     ``--dry-run``, prints the plan and writes nothing)."""
@@ -200,17 +243,19 @@ def train(args: argparse.Namespace) -> Path:
         return dry_run(ctx)
     distributed, device = ctx.distributed, ctx.device
     checkpoints = ctx.out / "checkpoints"
+    record = run_identity(args)
     if distributed.is_main:
         if not args.resume and (checkpoints / "last.pt").exists():
             raise ValueError(f"--out {ctx.out} already holds a run; pass --resume to continue it or choose "
                              f"another --out")
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        for stale in checkpoints.glob(".*.tmp"):  # left by a process killed mid-write
-            stale.unlink()
+        if args.resume:
+            check_resume(ctx.out, record, may_differ=_may_differ(args))
     # The fused kernel updates all parameters in one pass; the hypernetwork has many small tensors.
     optimizer = torch.optim.Adam(ctx.model.parameters(), lr=args.lr, fused=ctx.device.type in ("cpu", "cuda"))
     start_step, best = (_load_resume(ctx, optimizer) if args.resume else (0, -math.inf))
     if distributed.is_main:
+        record_run(ctx.out, record)  # also removes the temporary files of a killed run's writes
+        checkpoints.mkdir(parents=True, exist_ok=True)
         write_config(ctx.out, args, **{k: v for k, v in run_info(ctx).items() if k != "options"})
     log = (_TrainLog(ctx.out / "train_log.csv", start_step if args.resume else None, log_columns(ctx))
            if distributed.is_main else None)
@@ -246,7 +291,7 @@ def train(args: argparse.Namespace) -> Path:
         epoch, offset = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch)
         sampler.skip = offset * args.batch_size
-        for batch in loader:
+        for batch in _batches(loader, checkpoints / "last.pt"):
             # Checked once, on the CPU: the step itself reads no device data but its loss values.
             spacing = common_spacing(batch["spacing"], f"--dataset {args.dataset}")
             check_batch(batch, options)

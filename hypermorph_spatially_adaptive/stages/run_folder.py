@@ -1,0 +1,286 @@
+"""Output folders of the stages: one run at a time, one stage per folder, and ``--resume`` only of the same run.
+
+- :class:`OutputLock`: an exclusive ``fcntl.flock`` on ``OUT/.lock``, taken before a stage checks or writes
+  anything. A second run into the folder fails at once, naming the folder and the holder's PID. The kernel drops
+  the lock when its process ends, however it ends, so a folder is never locked by a killed run: the next run takes
+  it over. The lock file exists only while a run holds it, and a run that fails before writing anything leaves
+  no folder behind.
+- ``OUT/run.json`` (:func:`run_record`, :func:`record_run`): the stage that owns the folder, the options that
+  determine its results and the identity (size, sha256) of every input checkpoint or parameters file. Another
+  stage refuses the folder (:func:`check_owner`); ``--resume`` refuses a run that differs in any of them
+  (:func:`check_resume`), naming what differs.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Collection, Mapping
+
+from ..files import atomic_write_json
+
+__all__ = ["LOCK_NAME", "RECORD_NAME", "OutputLock", "file_identity", "run_record", "read_record", "folder_owner",
+           "check_owner", "check_resume", "record_run"]
+
+LOCK_NAME = ".lock"
+RECORD_NAME = "run.json"
+#: Files that show which stage wrote a folder that has no run.json (written before run.json existed).
+_MARKERS = {"training": ("train_log.csv", "checkpoints"), "identification": ("grid_scores.csv", "parameters.csv"),
+            "inference": ("metrics.csv",), "locality": ("locality.csv",),
+            "demo": ("demo_summary.md", "parameters_for_inference.csv")}
+
+
+def _holder(fd: int) -> str:
+    """The PID written into a lock file, or ``unknown`` (empty while its holder is starting)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 64).decode(errors="replace").strip()
+    return text if text.isdigit() else "unknown"
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OutputLock:
+    """Exclusive lock on the output folder ``folder`` (named ``flag`` in messages); a context manager.
+
+    ``acquire`` creates the folder when needed and raises ValueError when another process holds the lock or the
+    folder cannot be written. ``release`` removes the lock file, and the folders ``acquire`` created when they
+    are still empty.
+    """
+
+    def __init__(self, folder: str | os.PathLike, flag: str = "--out"):
+        self.folder, self.flag = Path(folder), flag
+        self.path = self.folder / LOCK_NAME
+        self.taken_over: str | None = None  # PID of a dead process whose lock file this lock took over
+        self._fd: int | None = None
+        self._created: list[Path] = []
+
+    def _make_folders(self) -> None:
+        missing = []
+        for folder in (self.folder, *self.folder.parents):
+            if folder.is_dir():
+                break
+            missing.append(folder)
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                if not folder.is_dir():
+                    where = "" if folder == self.folder else f": {folder}"
+                    raise ValueError(f"{self.flag} {self.folder}{where} is a file, not a folder") from None
+                continue  # made by another process meanwhile
+            except OSError as error:
+                raise ValueError(f"{self.flag} {self.folder}: cannot create {folder} ({error.strerror})") from None
+            self._created.append(folder)
+
+    def acquire(self) -> "OutputLock":
+        for _ in range(20):  # a folder or lock file removed by a finishing holder meanwhile: try again
+            self._make_folders()
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                self._remove_created()
+                raise ValueError(f"{self.flag} {self.folder}: cannot write in this folder ({error.strerror})") \
+                    from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                self._remove_created()
+                alive = holder == "unknown" or _alive(holder)
+                raise ValueError(
+                    f"{self.flag} {self.folder} is in use by another run (process {holder}"
+                    f"{'' if alive else ', ended: its data-loading workers are still stopping'}); wait for it to "
+                    f"finish or choose another {self.flag}") from None
+            try:
+                same = os.path.samestat(os.stat(self.path), os.fstat(fd))
+            except FileNotFoundError:
+                same = False
+            if not same:  # its previous holder removed this file after we opened it: lock the current one
+                os.close(fd)
+                continue
+            previous = _holder(fd)
+            if previous != "unknown" and int(previous) != os.getpid():
+                self.taken_over = previous  # its process died without releasing (the kernel released the flock)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._fd = fd
+            return self
+        raise ValueError(f"{self.flag} {self.folder}: could not lock the folder (it keeps being removed)")
+
+    def _remove_created(self) -> None:
+        for folder in reversed(self._created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (outputs, or another run's lock): keep it and its parents
+        self._created = []
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            if os.path.samestat(os.stat(self.path), os.fstat(self._fd)):
+                os.unlink(self.path)  # while still holding it: a waiting process then retries on a new file
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(self._fd)
+            self._fd = None
+        self._remove_created()
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()
+
+
+def file_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """``path`` (resolved), size and sha256 of a file (read in 1 MiB blocks)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_record(stage: str, options: Mapping[str, Any], inputs: Mapping[str, Any] | None = None,
+               paths: Collection[str] = ()) -> dict[str, Any]:
+    """The content of ``run.json``: ``stage``, ``options`` (those in ``paths`` resolved to absolute paths) and
+    ``inputs`` (flag -> file, each recorded by :func:`file_identity`; None entries are left out)."""
+    def resolved(value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, (list, tuple)):
+            return [str(Path(v).resolve()) for v in value]
+        return str(Path(value).resolve())
+
+    options = {key: resolved(value) if key in paths else value for key, value in options.items()}
+    files = {flag: file_identity(path) for flag, path in (inputs or {}).items() if path is not None}
+    return {"stage": stage, "options": _plain(options), "inputs": files}
+
+
+def read_record(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """``folder/run.json``, or None when there is none; ValueError when it is damaged."""
+    path = Path(folder) / RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: unreadable ({error}); move the folder away or choose another --out") from None
+    if not isinstance(record, dict) or not isinstance(record.get("stage"), str):
+        raise ValueError(f"{path}: not a run record (no 'stage'); move the folder away or choose another --out")
+    return record
+
+
+def folder_owner(folder: str | os.PathLike) -> str | None:
+    """The stage that wrote ``folder``: its run.json's, else the one whose files it holds, else None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    record = read_record(folder)
+    if record is not None:
+        return record["stage"]
+    for stage, names in _MARKERS.items():
+        if any((folder / name).exists() for name in names):
+            return stage
+    return None
+
+
+def check_owner(folder: str | os.PathLike, stage: str, flag: str = "--out") -> None:
+    """ValueError when ``folder`` belongs to another stage, or holds files that no stage wrote."""
+    folder = Path(folder)
+    owner = folder_owner(folder)
+    if owner is not None and owner != stage:
+        raise ValueError(f"{flag} {folder} holds the outputs of the {owner} stage; the {stage} stage does not write "
+                         f"into another stage's folder: choose another {flag}")
+    if owner is None and folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
+        if foreign:
+            raise ValueError(f"{flag} {folder} holds files that no stage wrote ({', '.join(foreign[:5])}"
+                             f"{', ...' if len(foreign) > 5 else ''}); choose a new or empty {flag}")
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def check_resume(folder: str | os.PathLike, record: Mapping[str, Any], may_differ: Collection[str] = (),
+                 flag: str = "--resume") -> None:
+    """ValueError, starting with ``flag``, naming every difference between ``record`` and the run recorded in
+    ``folder`` (nothing to check when the folder holds no run).
+
+    Options in ``may_differ``, and options the stored record does not know (added by a later version), may
+    differ. A folder with outputs but without run.json cannot be checked and is refused.
+    """
+    folder = Path(folder)
+    stored = read_record(folder)
+    if stored is None:
+        if folder_owner(folder) is not None:
+            raise ValueError(f"{flag}: {folder} has no {RECORD_NAME} (written by an older version), so nothing shows "
+                             f"that this run continues the same one; choose a new --out")
+        return
+    differences = []
+    old_options, new_options = stored.get("options", {}), record["options"]
+    for key in sorted(set(old_options) & set(new_options)):
+        if key not in may_differ and old_options[key] != new_options[key]:
+            differences.append(f"{_flag(key)} {_show(old_options[key])} (now {_show(new_options[key])})")
+    old_inputs, new_inputs = stored.get("inputs", {}), record["inputs"]
+    for option in sorted(set(old_inputs) | set(new_inputs)):
+        old, new = old_inputs.get(option), new_inputs.get(option)
+        if old is None or new is None:
+            differences.append(f"{option} {'none' if old is None else old['path']} (now "
+                               f"{'none' if new is None else new['path']})")
+        elif (old.get("size"), old.get("sha256")) != (new["size"], new["sha256"]):
+            differences.append(f"{option} {old['path']} sha256 {str(old.get('sha256'))[:12]} (now {new['path']} "
+                               f"sha256 {new['sha256'][:12]}: another file, or changed since)")
+    if differences:
+        raise ValueError(f"{flag}: {folder / RECORD_NAME} records a run with other inputs: {'; '.join(differences)}. "
+                         f"Give the same inputs to continue it, or choose a new --out")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value)) if len(value) <= 8 else f"[{len(value)} values]"
+    return str(value)
+
+
+def record_run(folder: str | os.PathLike, record: Mapping[str, Any]) -> Path:
+    """Write ``folder/run.json`` and remove the temporary files of writes interrupted by a killed run (only the
+    lock holder may call it, before the stage writes its outputs)."""
+    folder = Path(folder)
+    path = atomic_write_json(dict(record), folder / RECORD_NAME)
+    for stale in _stale_temporaries(folder):
+        stale.unlink()
+    return path
+
+
+def _stale_temporaries(folder: Path) -> list[Path]:
+    """``.*.tmp`` files of :func:`~..files.atomic_write` in ``folder`` and its sub-folders, except sub-folders
+    that are other runs' folders (with their own run.json or lock)."""
+    found = []
+    for entry in folder.iterdir():
+        if entry.is_dir() and not any((entry / name).exists() for name in (RECORD_NAME, LOCK_NAME)):
+            found.extend(_stale_temporaries(entry))
+        elif entry.is_file() and entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            found.append(entry)
+    return found

@@ -1,0 +1,400 @@
+"""Runs that cannot corrupt each other: every bad input of a careless or hostile user exits 2 with one line naming
+the option or file, writes nothing and damages nothing; two runs into one folder never both proceed."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from hypermorph_spatially_adaptive import HyperVxmDense
+from hypermorph_spatially_adaptive.stages import identification, inference, training
+from hypermorph_spatially_adaptive.stages.cli import error_message
+from hypermorph_spatially_adaptive.stages.run_folder import LOCK_NAME, OutputLock
+
+from conftest import TINY_MODEL_FLAGS
+
+REPO = Path(__file__).resolve().parents[2]
+MAINS = {"train": lambda argv: training.main("global", argv), "identify": identification.main,
+         "infer": inference.main}
+
+
+def _train_argv(data, out, *extra):
+    return ["--dataset", "phantom", "--data-root", str(data), "--out", str(out), *TINY_MODEL_FLAGS, "--steps", "2",
+            "--batch-size", "2", "--val-split", "none", *extra]
+
+
+def _identify_argv(data, model, out, *extra):
+    return ["--data-root", str(data), "--split", "val", "--global-model", str(model), "--grid-step", "0.5",
+            "--figures", "0", "--device", "cpu", "--out", str(out), *extra]
+
+
+def _infer_argv(data, runs, out, *extra, parameters=None):
+    return ["--data-root", str(data), "--split", "test", "--spatial-model", str(runs["spatial"]),
+            "--global-model", str(runs["global"]), "--parameters", str(parameters or runs["parameters"]),
+            "--figures", "0", "--no-hd95", "--device", "cpu", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def runs(phantom_root, trained_global, trained_spatial, tmp_path_factory):
+    """Finished runs of every stage to resume or aim at: training (constant and cosine), identification,
+    inference."""
+    folder = tmp_path_factory.mktemp("reliability")
+    found = {"global": trained_global, "spatial": trained_spatial}
+    for name, extra in (("training", []), ("training_cosine", ["--lr-schedule", "cosine"])):
+        found[name] = folder / name
+        assert MAINS["train"](_train_argv(phantom_root, found[name], *extra)) == 0
+    found["identification"] = folder / "identification"
+    assert MAINS["identify"](_identify_argv(phantom_root, trained_global, found["identification"])) == 0
+    found["parameters"] = found["identification"] / "parameters.csv"
+    found["inference"] = folder / "inference"
+    assert MAINS["infer"](_infer_argv(phantom_root, found, found["inference"])) == 0
+    return found
+
+
+def _copy(source, target):
+    shutil.copytree(source, target)
+    return target
+
+
+def _copy_data(phantom_root, tmp_path):
+    return _copy(phantom_root, tmp_path / "data")
+
+
+def _edit_description(data, edit):
+    path = data / "PHANTOM_dataset.json"
+    description = json.loads(path.read_text())
+    edit(description)
+    path.write_text(json.dumps(description))
+
+
+def _rewrite_volume(path, change):
+    image = nib.load(str(path))
+    array = np.asarray(image.get_fdata(), dtype=np.float32)
+    change(array)
+    nib.save(nib.Nifti1Image(array, image.affine), str(path))
+
+
+def _first(data, folder, pattern):
+    return sorted((data / folder).glob(pattern))[0]
+
+
+def _config(tmp_path, text):
+    path = tmp_path / "options.yaml"
+    path.write_text(text)
+    return path
+
+
+def _unwritable(tmp_path):
+    if os.geteuid() == 0:
+        return Path("/sys/hypermorph_reliability_test")  # sysfs refuses new folders, even to root
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    return locked / "run"
+
+
+# Each case: (stage, argv, the text the one-line error must contain); it may prepare files under tmp_path.
+def _case(name, runs, data, tmp):
+    out = tmp / "run"
+    if name == "resume training with another --data-root":
+        return "train", _train_argv(_copy_data(data, tmp), _copy(runs["training"], out), "--resume"), "--data-root"
+    if name == "resume training with another --seed":
+        return "train", _train_argv(data, _copy(runs["training"], out), "--resume", "--seed", "7"), "--seed 0 (now 7)"
+    if name == "resume training with another --lr":
+        return "train", _train_argv(data, _copy(runs["training"], out), "--resume", "--lr", "0.5"), "--lr"
+    if name == "resume training with another --lr-schedule":
+        return ("train", _train_argv(data, _copy(runs["training"], out), "--resume", "--lr-schedule", "cosine"),
+                "--lr-schedule constant (now cosine)")
+    if name == "resume a cosine schedule with other --steps":
+        return ("train", _train_argv(data, _copy(runs["training_cosine"], out), "--resume", "--lr-schedule",
+                                     "cosine", "--steps", "4"), "--steps 2 (now 4)")
+    if name == "resume identification after its model file was replaced":
+        model = tmp / "model.pt"
+        shutil.copy(runs["global"] / "checkpoints" / "last.pt", model)
+        assert MAINS["identify"](_identify_argv(data, model, out)) == 0
+        state = torch.load(model, weights_only=False)
+        state["model_state"]["flow.bias"] += 0.1
+        torch.save(state, model)
+        return "identify", _identify_argv(data, model, out, "--resume"), "--global-model"
+    if name == "resume inference with another --parameters":
+        other = tmp / "other.csv"
+        other.write_text(runs["parameters"].read_text().replace("dice", "dice "))
+        return "infer", _infer_argv(data, runs, _copy(runs["inference"], out), "--resume", parameters=other), \
+            "--parameters"
+    if name == "resume a folder written before run.json":
+        _copy(runs["inference"], out)
+        (out / "run.json").unlink()
+        return "infer", _infer_argv(data, runs, out, "--resume"), "no run.json"
+    if name == "config steps: 2.7":
+        return "train", _without_steps(_train_argv(data, out, "--config", str(_config(tmp, "steps: 2.7\n")))), \
+            "'steps': invalid int value: '2.7'"
+    if name == "config steps: true":
+        return "train", _without_steps(_train_argv(data, out, "--config", str(_config(tmp, "steps: true\n")))), \
+            "'steps'"
+    if name == "config amp: 'no'":
+        return "train", _train_argv(data, out, "--config", str(_config(tmp, "amp: 'no'\n"))), "'amp' is a switch"
+    if name == "config criterion: bogus":
+        return "identify", _identify_argv(data, runs["global"], out, "--config",
+                                          str(_config(tmp, "criterion: bogus\n"))), "'criterion': invalid choice"
+    if name == "identification into a training folder":
+        return "identify", _identify_argv(data, runs["global"], _copy(runs["training"], out)), \
+            "holds the outputs of the training stage"
+    if name == "inference into an identification folder":
+        return "infer", _infer_argv(data, runs, _copy(runs["identification"], out)), \
+            "holds the outputs of the identification stage"
+    if name == "training into a folder of other files":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        return "train", _train_argv(data, out), "holds files that no stage wrote"
+    if name == "truncated image":
+        copy = _copy_data(data, tmp)
+        path = _first(copy, "imagesTr", "*_0001.nii.gz")
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+        return "train", _train_argv(copy, out), path.name
+    if name == "NaN voxels":
+        copy = _copy_data(data, tmp)
+        path = _first(copy, "imagesTr", "*_0000.nii.gz")
+        _rewrite_volume(path, lambda a: a.__setitem__((3, 3), np.nan))
+        return "train", _train_argv(copy, out), f"{path.name}: 1 voxel value(s) are NaN"
+    if name == "NaN in a true displacement":
+        copy = _copy_data(data, tmp)
+        path = _first(copy, "groundtruthTr", "disp_0006*.nii.gz")
+        _rewrite_volume(path, lambda a: a.__setitem__((3, 3), np.nan))
+        return "infer", _infer_argv(copy, runs, out), path.name
+    if name.startswith("--out is a file"):
+        out.write_text("not a folder")
+        stage = name.split()[-1]
+        return stage, _stage_argv(stage, data, runs, out), "is a file, not a folder"
+    if name.startswith("--out cannot be written"):
+        stage = name.split()[-1]
+        return stage, _stage_argv(stage, data, runs, _unwritable(tmp)), "--out"
+    if name.startswith("pair entry"):
+        copy = _copy_data(data, tmp)
+        value = {"number": 5, "null": None, "a number as file": {"fixed": 5, "moving": None}}[name[len("pair entry "):]]
+        _edit_description(copy, lambda d: d["registration_test"].__setitem__(0, value))
+        return "infer", _infer_argv(copy, runs, out), "PHANTOM_dataset.json"
+    if name.startswith("pair path"):
+        copy = _copy_data(data, tmp)
+        entry = json.loads((copy / "PHANTOM_dataset.json").read_text())["registration_test"][0]
+        outside = tmp / "elsewhere" / "imagesTr"
+        outside.mkdir(parents=True)
+        shutil.copy(copy / entry["fixed"], outside)
+        path = outside / Path(entry["fixed"]).name
+        value = str(path) if name.endswith("absolute") else f"../elsewhere/imagesTr/{path.name}"
+        _edit_description(copy, lambda d: d["registration_test"][0].__setitem__("fixed", value))
+        return "infer", _infer_argv(copy, runs, out), "leaves the dataset folder"
+    if name == "parameters.csv row with too few fields":
+        lines = runs["parameters"].read_text().splitlines()
+        lines[3] = ",".join(lines[3].split(",")[:6])
+        short = tmp / "short.csv"
+        short.write_text("\n".join(lines) + "\n")
+        return "infer", _infer_argv(data, runs, out, parameters=short), "line 4: expected 7 fields"
+    if name == "--resume from a model.save file":
+        _copy(runs["training"], out)
+        HyperVxmDense.load(out / "checkpoints" / "last.pt").save(out / "checkpoints" / "last.pt")
+        return "train", _train_argv(data, out, "--resume", "--steps", "4"), "model.save"
+    if name == "checkpoint config of an absurd size":
+        state = torch.load(runs["global"] / "checkpoints" / "last.pt", weights_only=False)
+        state["model_config"]["enc_features"] = [4, 10 ** 7]
+        torch.save(state, tmp / "absurd.pt")
+        return "identify", _identify_argv(data, tmp / "absurd.pt", out), "'model_state' does not match"
+    if name == "--ncc-window 4":
+        return "train", _train_argv(data, out, "--ncc-window", "4"), "--ncc-window must be odd"
+    if name == "--val-max-pairs 0":
+        return "train", _train_argv(data, out, "--val-split", "val", "--val-max-pairs", "0"), "--val-max-pairs"
+    if name == "--val-split typo":
+        return "train", _train_argv(data, out, "--val-split", "vall"), "--val-split"
+    if name == "pairs listed twice (inference)":
+        copy = _copy_data(data, tmp)
+        _edit_description(copy, lambda d: d["registration_test"].append(d["registration_test"][0]))
+        return "infer", _infer_argv(copy, runs, out), "listed more than once"
+    raise AssertionError(name)
+
+
+def _without_steps(argv):
+    index = argv.index("--steps")
+    return argv[:index] + argv[index + 2:]
+
+
+def _stage_argv(stage, data, runs, out):
+    if stage == "train":
+        return _train_argv(data, out)
+    if stage == "identify":
+        return _identify_argv(data, runs["global"], out)
+    return _infer_argv(data, runs, out)
+
+
+CASES = ["resume training with another --data-root", "resume training with another --seed",
+         "resume training with another --lr", "resume training with another --lr-schedule",
+         "resume a cosine schedule with other --steps", "resume identification after its model file was replaced",
+         "resume inference with another --parameters", "resume a folder written before run.json",
+         "config steps: 2.7", "config steps: true", "config amp: 'no'", "config criterion: bogus",
+         "identification into a training folder", "inference into an identification folder",
+         "training into a folder of other files", "truncated image", "NaN voxels", "NaN in a true displacement",
+         *[f"--out is a file: {stage}" for stage in MAINS], *[f"--out cannot be written: {stage}" for stage in MAINS],
+         "pair entry number", "pair entry null", "pair entry a number as file", "pair path absolute",
+         "pair path with ..", "parameters.csv row with too few fields", "--resume from a model.save file",
+         "checkpoint config of an absurd size", "--ncc-window 4", "--val-max-pairs 0", "--val-split typo",
+         "pairs listed twice (inference)"]
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _snapshot(*roots):
+    """Every file and folder under ``roots`` with the sha256 of each file's content."""
+    found = {}
+    for root in map(Path, roots):
+        paths = [root, *sorted(root.rglob("*"))] if root.is_dir() else [root]
+        for path in paths:
+            found[str(path)] = _digest(path) if path.is_file() else ("folder" if path.is_dir() else None)
+    return found
+
+
+def _one_error_line(text):
+    lines = [line for line in text.splitlines() if ": error: " in line]
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_exits_2_with_one_line_naming_it_and_writes_and_damages_nothing(name, runs, phantom_root, tmp_path,
+                                                                                  capsys):
+    stage, argv, needle = _case(name, runs, phantom_root, tmp_path)
+    watched = (tmp_path, phantom_root, *(runs[key] for key in ("training", "identification", "inference")))
+    before = _snapshot(*watched)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            MAINS[stage](argv)
+    finally:
+        (tmp_path / "locked").chmod(0o700) if (tmp_path / "locked").exists() else None
+    assert exit_info.value.code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert needle in line, line
+    assert _snapshot(*watched) == before
+
+
+def test_a_run_into_a_folder_in_use_exits_2_naming_the_holder_and_changes_nothing(phantom_root, runs, tmp_path,
+                                                                                   capsys):
+    out = _copy(runs["training"], tmp_path / "run")
+    with OutputLock(out):
+        before = _snapshot(tmp_path)
+        with pytest.raises(SystemExit) as exit_info:
+            MAINS["train"](_train_argv(phantom_root, out, "--resume", "--steps", "4"))
+        assert exit_info.value.code == 2
+        assert f"is in use by another run (process {os.getpid()})" in _one_error_line(capsys.readouterr().err)
+        assert _snapshot(tmp_path) == before
+
+
+def test_resume_may_change_where_and_how_fast_a_run_goes(phantom_root, runs, tmp_path):
+    out = _copy(runs["training"], tmp_path / "run")
+    assert MAINS["train"](_train_argv(phantom_root, out, "--resume", "--steps", "3", "--checkpoint-every", "7",
+                                      "--log-every", "3", "--no-data-scan")) == 0
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=False)["step"] == 3
+    assert json.loads((out / "run.json").read_text())["options"]["steps"] == 3
+    infer = _copy(runs["inference"], tmp_path / "inference")
+    (infer / "global" / ".disp_0006_0006.nii.gz.k3j.tmp").write_bytes(b"left by a killed run")
+    assert MAINS["infer"](_infer_argv(phantom_root, runs, infer, "--resume", "--figures", "1")) == 0
+    assert not list(infer.rglob("*.tmp")) and not (infer / LOCK_NAME).exists()
+
+
+def test_a_file_that_fails_mid_run_without_the_scan_stops_training_naming_it_and_keeps_the_checkpoint(
+        phantom_root, tmp_path, capsys):
+    data, out = _copy_data(phantom_root, tmp_path), tmp_path / "run"
+    assert MAINS["train"](_train_argv(data, out)) == 0
+    # Every moving image of the training split but the first pair's (read when the run is prepared): the next batch
+    # of two pairs reads at least one of them.
+    for case in ("0002", "0003", "0004"):
+        path = data / "imagesTr" / f"PHANTOM_{case}_0001.nii.gz"
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    with pytest.raises(SystemExit) as exit_info:
+        MAINS["train"](_train_argv(data, out, "--resume", "--steps", "6", "--no-data-scan"))
+    assert exit_info.value.code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "_0001.nii.gz" in line and "cannot read the voxel data" in line and "last good checkpoint" in line
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=False)["step"] == 2
+
+
+def test_an_error_a_dataloader_worker_reraised_is_reported_by_its_original_line():
+    wrapped = ValueError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                         "last):\n  File \"x.py\", line 1, in <module>\nValueError: image file a.nii.gz: 2 voxel "
+                         "value(s) are NaN or infinite\n")
+    assert error_message(wrapped) == "image file a.nii.gz: 2 voxel value(s) are NaN or infinite"
+    assert error_message(PermissionError(13, "Permission denied", "/out/x")) == "/out/x: Permission denied"
+
+
+# -- two runs into one folder -----------------------------------------------------------------------------------
+
+
+def _race(folder, barrier, results, hold_s):
+    barrier.wait()
+    try:
+        lock = OutputLock(folder).acquire()
+    except ValueError as error:
+        results.put(("refused", str(error)))
+        return
+    marker = Path(folder) / "writer"
+    marker.write_text(str(os.getpid()))
+    os.sched_yield()
+    intact = marker.read_text() == str(os.getpid())
+    results.put(("ran", intact))
+    import time
+
+    time.sleep(hold_s)
+    lock.release()
+
+
+def test_of_two_processes_taking_one_folder_exactly_one_proceeds_twenty_times_in_a_row(tmp_path):
+    context = multiprocessing.get_context("fork")
+    for round_ in range(20):
+        folder = tmp_path / f"round{round_}" / "run"  # missing: both also race to create it
+        barrier, results = context.Barrier(2), context.Queue()
+        processes = [context.Process(target=_race, args=(folder, barrier, results, 0.05)) for _ in range(2)]
+        for process in processes:
+            process.start()
+        outcomes = sorted(results.get(timeout=30) for _ in processes)
+        for process in processes:
+            process.join(30)
+        assert [kind for kind, _ in outcomes] == ["ran", "refused"], outcomes
+        assert outcomes[0][1] is True and "is in use by another run" in outcomes[1][1]
+        assert not (folder / LOCK_NAME).exists()
+
+
+def _script_env():
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
+
+
+def test_two_trainings_into_one_folder_one_refuses_and_the_other_is_intact(phantom_root, tmp_path):
+    for round_ in range(3):
+        out = tmp_path / f"race{round_}"
+        commands = [[sys.executable, str(REPO / "train_hypermorph_global.py"),
+                     *_train_argv(phantom_root, out, "--steps", "6", "--checkpoint-every", "1", "--log-every", "1",
+                                  "--seed", str(seed))] for seed in (1, 2)]
+        processes = [subprocess.Popen(command, env=_script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True) for command in commands]
+        finished = [(process.wait(timeout=300), process.stderr.read()) for process in processes]
+        codes = [code for code, _ in finished]
+        assert sorted(codes) == [0, 2], finished
+        loser = _one_error_line(finished[codes.index(2)][1])
+        # Refused by the lock, or, when it came late on a loaded machine, by the finished run it found.
+        assert "is in use by another run" in loser or "already holds a run" in loser, loser
+        seed = (1, 2)[codes.index(0)]
+        options = json.loads((out / "config.json").read_text())["options"]
+        checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+        record = json.loads((out / "run.json").read_text())
+        assert options["seed"] == checkpoint["config"]["options"]["seed"] == record["options"]["seed"] == seed
+        with (out / "train_log.csv").open() as handle:
+            assert [int(row["step"]) for row in csv.DictReader(handle)] == [1, 2, 3, 4, 5, 6]
+        assert checkpoint["step"] == 6 and not (out / LOCK_NAME).exists()
