@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ...runtime import resolve_device
-from ..cli import HelpFormatter, write_config
+from ..cli import HelpFormatter, error_message, write_config
+from ..run_folder import OutputLock
 from .aggregate import collect
 from .presets import DEV_SEED, PRESETS, VARIANTS
 from .report import write_report
@@ -83,6 +84,18 @@ def run_study(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``study.py`` and ``hypermorph-study``."""
-    run_study(build_parser().parse_args(argv))
+    """Entry point of ``study.py`` and ``hypermorph-study``: exit 2 when the study's folder is in use by another run
+    or a stage refused its input, 1 when a stage failed."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.report_only:
+            run_study(args)
+        else:
+            with OutputLock(Path(args.out) / args.preset):  # one study per preset folder at a time
+                run_study(args)
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error_message(error)}\n")
+    except RuntimeError as error:
+        parser.exit(1, f"{parser.prog}: error: {error_message(error)}\n")
     return 0
