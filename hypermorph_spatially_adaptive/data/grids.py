@@ -20,6 +20,7 @@ __all__ = [
     "slice_grid",
     "rescale_grid",
     "crop_grid",
+    "fit_plane",
     "resample_volume",
     "resample_displacement",
     "map_points",
@@ -85,6 +86,24 @@ def crop_grid(grid: Grid, shape: Sequence[int], center: Sequence[float] | None =
     centre = middle if center is None else np.asarray(center, dtype=np.float64)
     offset = np.floor(centre - (size - 1) / 2.0 + 0.5)
     return _subgrid(grid, (1.0, 1.0, 1.0), offset, size)
+
+
+def fit_plane(grid: Grid, plane: Sequence[int], spacing: Sequence[float] | None,
+              shape: Sequence[int] | None) -> Grid:
+    """``grid`` with voxel size ``spacing`` (mm, :func:`rescale_grid`) and then ``shape`` voxels (:func:`crop_grid`)
+    along the array axes ``plane`` (2 axes in 2D mode, all 3 in 3D); None leaves that step out. An axis outside
+    ``plane`` (the slice axis) keeps its spacing and size."""
+    plane = list(plane)
+    if spacing is not None:
+        target = voxel_spacing(grid.affine)
+        target[plane] = spacing
+        grid = rescale_grid(grid, target)
+    if shape is not None:
+        size = list(grid.shape)
+        for axis, n in zip(plane, shape):
+            size[axis] = n
+        grid = crop_grid(grid, size)
+    return grid
 
 
 def _crop_pad(array: np.ndarray, offset: Sequence[int], shape: Sequence[int], cval: float) -> np.ndarray:

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import nibabel as nib
 import numpy as np
 
-from .grids import (Grid, crop_grid, drop_axis, map_points, points_inside, rescale_grid, resample_displacement,
-                    resample_volume, slice_grid, voxel_spacing)
+from .grids import (Grid, drop_axis, fit_plane, map_points, points_inside, resample_displacement, resample_volume,
+                    slice_grid, voxel_spacing)
 from .pair_dataset import EmptySplitError, PairDataset, check_tuple, make_item
 from .volume_io import (DEFAULT_HU_WINDOW, check_same_grid, keypoint_file_shape, load_displacement, load_image,
                         load_labels, load_mask, read_header, read_keypoints, same_affine, window_ct)
@@ -264,17 +264,7 @@ class Learn2RegDataset(PairDataset):
                     if mask is not None else np.zeros(0)
                 index = int((extent[0] + extent[-1]) // 2) if extent.size else (image.shape[axis] - 1) // 2
             grid = slice_grid(grid, axis, index)
-        plane = [a for a in range(3) if a != axis]
-        if self.spacing is not None:
-            target = voxel_spacing(grid.affine)
-            target[plane] = self.spacing  # the slice axis (2D mode) keeps its own spacing
-            grid = rescale_grid(grid, target)
-        if self.shape is not None:
-            size = list(grid.shape)
-            for a, n in zip(plane, self.shape):
-                size[a] = n
-            grid = crop_grid(grid, size)
-        return grid
+        return fit_plane(grid, [a for a in range(3) if a != axis], self.spacing, self.shape)
 
     def _load(self, record: _L2RPair) -> dict[str, Any]:
         fixed, affine_f = load_image(record.fixed)

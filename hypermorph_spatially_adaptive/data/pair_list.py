@@ -15,8 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from . import image_io
-from .grids import Grid, crop_grid, drop_axis, map_points, points_inside, rescale_grid, resample_volume, slice_grid, \
-    voxel_spacing
+from .grids import Grid, drop_axis, fit_plane, map_points, points_inside, resample_volume, slice_grid, voxel_spacing
 from .pair_dataset import SPLITS, PairDataset, check_tuple, make_item
 from .volume_io import DEFAULT_HU_WINDOW, check_same_grid, keypoint_file_shape, read_keypoints, robust_minmax, \
     window_ct
@@ -292,17 +291,7 @@ class PairListDataset(PairDataset):
             if index >= shape[axis]:
                 raise ValueError(f"slice_index {index} is outside {record.fixed} (size {shape[axis]} along axis {axis})")
             grid = slice_grid(grid, axis, index)
-        plane = [a for a in range(3) if a != axis]
-        if self.spacing is not None:
-            target = voxel_spacing(grid.affine)
-            target[plane] = self.spacing
-            grid = rescale_grid(grid, target)
-        if self.shape is not None:
-            size = list(grid.shape)
-            for a, n in zip(plane, self.shape):
-                size[a] = n
-            grid = crop_grid(grid, size)
-        return grid
+        return fit_plane(grid, [a for a in range(3) if a != axis], self.spacing, self.shape)
 
     def _keypoints(self, path: Path, affine: np.ndarray, ndim: int) -> np.ndarray:
         """Points ``[N, 3]`` in voxels of the image with ``affine``."""
