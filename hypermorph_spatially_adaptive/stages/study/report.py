@@ -201,9 +201,11 @@ def write_report(out: Path, data: StudyData, report: Path, preset: str, settings
 
     lines += ["## Per tissue (test pairs)", ""]
     for variant in data.variants:
-        rows = [[f"`{m}`", *(_ci(estimate(data, variant, m, f"epe_{c}")) for c in foreground)]
-                for m in data.methods(variant)]
-        lines += [f"EPE (mm) per tissue, {variant}:", "", *_table(["method", *foreground], rows)]
+        for metric, title in (("epe", "EPE (mm)"), ("tre", "TRE (mm) of the keypoints")):
+            rows = [[f"`{m}`", *(_ci(estimate(data, variant, m, f"{metric}_{c}")) for c in foreground)]
+                    for m in data.methods(variant)]
+            lines += [f"{title} per tissue, {variant}" + (" ('-': no keypoints in that class)" if metric == "tre" else "")
+                      + ":", "", *_table(["method", *foreground], rows)]
         rows = [[f"`{m}`", *(_ci(estimate(data, variant, m, f"strain_{c}"), 4) for c in foreground)]
                 for m in data.methods(variant)]
         rows.append(["true field", *(_ci(estimate(data, variant, GLOBAL, f"gt_strain_{c}"), 4) for c in foreground)])
