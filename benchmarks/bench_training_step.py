@@ -58,13 +58,19 @@ def synthetic_batch(seed: int = 0) -> dict:
             "spacing": torch.tensor([[2.0, 2.0]] * BATCH, dtype=torch.float64), "pair_id": ["bench"] * BATCH}
 
 
+#: Model types measured: the global model, the spatial model with the paper's ``vector`` conditioning and with
+#: tissue-wise kernels (``tissue``: C convolutions per layer while the classes' values differ).
+MODEL_TYPES = {"global": None, "spatial": "vector", "spatial_tissue": "tissue"}
+
+
 def measure(model_type: str, steps: int, warmup: int, device: torch.device) -> dict:
-    """Median seconds per training step of the ``global`` or ``spatial`` model over ``steps`` timed steps; on CUDA
+    """Median seconds per training step of a model of :data:`MODEL_TYPES` over ``steps`` timed steps; on CUDA
     also the number of host-device synchronisations of one more step."""
     torch.manual_seed(0)
-    classes = CLASSES if model_type == "spatial" else 1
-    model = HyperVxmDense(SHAPE, 2 * classes, **WIDTHS,
-                          class_names=CLASS_NAMES if model_type == "spatial" else None).to(device).train()
+    conditioning = MODEL_TYPES[model_type]
+    classes = CLASSES if conditioning else 1
+    model = HyperVxmDense(SHAPE, 2 * classes, **WIDTHS, class_names=CLASS_NAMES if conditioning else None,
+                          **({"conditioning": conditioning} if conditioning else {})).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))
     network = training_network(model, DistributedContext(), device)
     options = LossOptions("elastic", classes, "fixed_labels", 9)
@@ -121,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as error:
             parser.error(f"--reference {path}: {error}")
     machine = machine_info(device)
-    results = [measure(kind, args.steps, args.warmup, device) for kind in ("global", "spatial")]
+    results = [measure(kind, args.steps, args.warmup, device) for kind in MODEL_TYPES]
     for r in results:
         syncs = "" if r["device_syncs_per_step"] is None else f", {r['device_syncs_per_step']} device syncs per step"
         print(f"{args.label} {r['model_type']}: {r['steps_per_s']:.2f} steps/s (median {1e3 * r['median_s']:.1f} "
