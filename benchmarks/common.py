@@ -23,7 +23,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from hypermorph_spatially_adaptive.files import atomic_write_json
-from hypermorph_spatially_adaptive.runtime import resolve_device
+from hypermorph_spatially_adaptive.runtime import current_rss_bytes, peak_rss_bytes, reset_peak_rss, \
+    resolve_device
 
 __all__ = ["add_common_args", "parse_size", "shape_text", "parse_sized_args", "resolve_benchmark_device", "sync",
            "timed", "current_rss_bytes", "reset_peak_rss", "peak_rss_bytes", "start_peak_memory", "read_peak_memory",
@@ -112,34 +113,6 @@ def timed(fn: Callable[[], Any], device: torch.device | str) -> tuple[float, Any
 
 
 # --- memory ---------------------------------------------------------------------------------------------------
-
-def current_rss_bytes() -> int:
-    """Resident size of this process now (Linux)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's peak resident size to its current one (Linux >= 4.0); False where refused."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes() -> int | None:
-    """VmHWM of /proc/self/status (peak resident size since the last reset), or None where unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
 
 def start_peak_memory(device: torch.device | str) -> dict[str, Any]:
     """Reset the peak counters (RSS; CUDA allocations on a CUDA device) and note the current levels.

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import random
+import resource
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,49 @@ __all__ = [
     "set_rng_state",
     "DistributedContext",
     "init_distributed",
+    "max_rss_bytes",
+    "current_rss_bytes",
+    "reset_peak_rss",
+    "peak_rss_bytes",
 ]
+
+
+def max_rss_bytes() -> int:
+    """Peak resident size of this process since it started (``getrusage``), in bytes."""
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+
+
+def current_rss_bytes() -> int:
+    """Resident size of this process now (Linux ``/proc/self/statm``; elsewhere its peak so far)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return max_rss_bytes()
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident size to its current one (Linux >= 4.0); False where refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int | None:
+    """Peak resident size since the last :func:`reset_peak_rss` (``VmHWM`` of ``/proc/self/status``), or None where
+    unavailable."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def resolve_device(name: str = "auto") -> torch.device:

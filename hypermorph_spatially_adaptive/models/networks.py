@@ -430,9 +430,11 @@ class HyperVxmDense(_Registration):
             maps = parameter_maps(hyper, labels, self.num_classes)
             return self._register(moving, fixed, self.embed(hyper), extra=maps)
         sets = class_parameter_sets(hyper, self.num_classes)  # [B, C, k]
-        if hyper.shape[0] > 1 and bool((hyper == hyper[:1]).all()):
+        # Both shortcuts read from one host-device synchronisation.
+        same_rows, same_classes = torch.stack([(hyper == hyper[:1]).all(), (sets == sets[:, :1]).all()]).tolist()
+        if same_rows:
             sets = sets[:1]
-        if bool((sets == sets[:, :1]).all()):
+        if same_classes:
             # Every class has the same values: one kernel per layer, exactly the global model's computation.
             return self._register(moving, fixed, self.hypernetwork(sets[:, 0]))
         batch_labels = labels.expand(moving.shape[0], *labels.shape[1:])

@@ -10,15 +10,14 @@ peak resident size of the process (``VmHWM``, reset before the warm-up where Lin
 from __future__ import annotations
 
 import math
-import os
-import resource
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+
+from ..runtime import current_rss_bytes, max_rss_bytes, peak_rss_bytes, reset_peak_rss
 
 __all__ = ["DRY_RUN_RESULT", "Measurement", "measure", "Plan", "format_duration", "format_bytes", "count_parameters"]
 
@@ -40,39 +39,6 @@ class Measurement:
     memory_kind: str
 
 
-def _current_rss() -> int:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return _maxrss()
-
-
-def _maxrss() -> int:
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss() -> int:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return _maxrss()
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -88,8 +54,8 @@ def measure(work: Callable[[], Any], device: torch.device, calls: int = 3) -> Me
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     else:
-        before = _current_rss()
-        _reset_peak_rss()
+        before = current_rss_bytes()
+        reset_peak_rss()
     times = []
     for _ in range(calls):
         _sync(device)
@@ -100,7 +66,8 @@ def measure(work: Callable[[], Any], device: torch.device, calls: int = 3) -> Me
     if device.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(device), "CUDA peak allocated by torch"
     else:
-        peak, kind = _peak_rss(), "peak resident memory of the process"
+        peak = peak_rss_bytes()
+        peak, kind = (peak if peak is not None else max_rss_bytes()), "peak resident memory of the process"
     timed = times[1:] if len(times) > 1 else times
     return Measurement(statistics.median(timed), calls, int(peak), max(0, int(peak - before)), kind)
 
