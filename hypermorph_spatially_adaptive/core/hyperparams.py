@@ -4,13 +4,16 @@ A parameter vector for C classes is ``h = [lam_0, ..., lam_{C-1}, mu_0, ..., mu_
 (all lambdas, then all mus; class 0 = background). The global model uses C = 1, ``h = [lam, mu]``. The diffusion
 baseline takes one weight per class instead, ``h = [h_0, ..., h_{C-1}]`` (:func:`nb_hyp_params`). Values lie in
 [0, 1] with ``lam + mu <= 1`` per class; the similarity term is weighted by ``1 - lam - mu``. The values are
-dimensionless loss weights (the network's conditioning input), not Lame parameters in kPa.
+dimensionless loss weights (the network's conditioning input), not Lame parameters in kPa. How many values a
+class has is its regularizer's (:data:`.regularizers.REGULARIZERS`).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+
+from .regularizers import REGULARIZERS, get_regularizer
 
 __all__ = [
     "REGULARIZERS",
@@ -24,22 +27,17 @@ __all__ = [
     "similarity_weight",
 ]
 
-#: Regularizers a model can be conditioned for: ``elastic`` takes ``(lam, mu)`` per class, ``diffusion`` one weight h.
-REGULARIZERS = ("elastic", "diffusion")
-
 #: Slack allowed on ``lam + mu <= 1`` and on the [0, 1] range: sums such as ``lam + (1 - lam)`` round in float32.
 TOLERANCE = 1e-6
 
 
 def params_per_class(regularizer: str) -> int:
-    """Values per class in a parameter vector: 2 (``lam``, ``mu``) for ``elastic``, 1 (``h``) for ``diffusion``."""
-    if regularizer not in REGULARIZERS:
-        raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {regularizer!r}")
-    return 2 if regularizer == "elastic" else 1
+    """Values per class in a parameter vector: 2 (``lam``, ``mu``) for ``elastic``, 1 for ``diffusion``."""
+    return get_regularizer(regularizer).values_per_class
 
 
 def nb_hyp_params(regularizer: str, num_classes: int) -> int:
-    """Length P of the parameter vector: ``2C`` for the elastic model, ``C`` for the diffusion baseline."""
+    """Length P of the parameter vector: values per class times C (``2C`` for the elastic model)."""
     return params_per_class(regularizer) * _check_num_classes(num_classes)
 
 

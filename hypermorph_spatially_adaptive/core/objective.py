@@ -1,8 +1,9 @@
-"""The training objective: similarity weighted by ``1 - lam - mu`` plus the elastic (or diffusion) energy.
+"""The training objective: similarity weighted by ``1 - sum(values)`` plus the regularizer's energy.
 
-Parameter vectors (:mod:`.hyperparams`): elastic models take ``[B, 2C]`` (all lambdas, then all mus; C = 1 for the
-global model), diffusion models ``[B, C]`` (one weight h per class, loss ``(1 - h) NCC + h * diffusion``).
-The spatially adaptive model turns per-class values into voxelwise maps through the fixed image's labels.
+Parameter vectors (:mod:`.hyperparams`) hold a regularizer's values per class (:data:`.regularizers.REGULARIZERS`):
+elastic models take ``[B, 2C]`` (all lambdas, then all mus; C = 1 for the global model, loss
+``(1 - lam - mu) NCC + elastic``), one-value regularizers ``[B, C]`` (loss ``(1 - h) NCC + energy(h)``). The
+spatially adaptive model turns per-class values into voxelwise maps through the fixed image's labels.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from . import regularizers
-from .hyperparams import REGULARIZERS, sample_hyperparams, similarity_weight, split_hyperparams
+from .hyperparams import sample_hyperparams
 from .losses import ncc_loss
 
 __all__ = ["CLASS_SAMPLING", "LossTerms", "sample_training_hyperparams", "constant_hyperparams", "registration_loss"]
@@ -45,7 +46,7 @@ def sample_training_hyperparams(batch: int, num_classes: int, regularizer: str,
         shared = sample_hyperparams(batch, 1, generator=generator).repeat_interleave(num_classes, dim=1)
         weight = torch.rand(batch, 1, generator=generator, device=hyper.device)
         hyper = (1.0 - weight) * shared + weight * hyper
-    if regularizer == "diffusion":
+    if regularizers.get_regularizer(regularizer).values_per_class == 1:
         hyper = hyper[:, :num_classes]  # the lambda draws: U(0, 1) with end points oversampled
     return hyper if device is None else hyper.to(device)
 
@@ -72,20 +73,17 @@ def registration_loss(fixed: torch.Tensor, warped: torch.Tensor, velocity: torch
     """
     if num_classes > 1 and labels is None:
         raise ValueError("labels [B, 1, *S] are required for a spatially adaptive model (num_classes > 1)")
-    spatial = num_classes > 1
-    if regularizer == "elastic":
-        lam, mu = split_hyperparams(hyper, num_classes)
-        if spatial:
-            lam, mu = regularizers.lame_maps(labels, lam, mu, validate=validate)
-        else:
-            lam, mu = lam[:, 0], mu[:, 0]
-        weight = similarity_weight(lam, mu)
-        regularization = regularizers.elastic_energy(velocity, lam, mu, spacing=spacing, validate=validate)
-    elif regularizer == "diffusion":
-        h = regularizers.class_map(labels, hyper, validate=validate) if spatial else hyper[:, 0]
-        weight = (1.0 - h).clamp_min(0.0)
-        regularization = regularizers.diffusion_energy(velocity, h, spacing=spacing, validate=validate)
+    entry = regularizers.get_regularizer(regularizer)
+    expected = entry.values_per_class * num_classes
+    if hyper.dim() != 2 or hyper.shape[1] != expected:
+        raise ValueError(f"hyper must have shape [B, {expected}] (the {regularizer} values {entry.values} of "
+                         f"{num_classes} class(es), each value for all classes in turn), got {tuple(hyper.shape)}")
+    values = hyper.split(num_classes, dim=1)  # one [B, C] per value
+    if num_classes > 1:
+        values = regularizers.class_maps(labels, *values, names=entry.values, validate=validate)
     else:
-        raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {regularizer!r}")
-    similarity = ncc_loss(fixed, warped, window=ncc_window, weight=weight, validate=validate)
+        values = tuple(v[:, 0] for v in values)
+    regularization = entry.energy(velocity, *values, spacing=spacing, validate=validate)
+    similarity = ncc_loss(fixed, warped, window=ncc_window, weight=entry.similarity_weight(*values),
+                          validate=validate)
     return LossTerms(similarity + regularization, similarity, regularization)

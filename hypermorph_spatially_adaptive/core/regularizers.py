@@ -1,4 +1,5 @@
-"""Regularizers of a velocity field: linear elasticity and diffusion, with voxelwise Lame parameters.
+"""Regularizers of a velocity field: linear elasticity and diffusion, with voxelwise Lame parameters, and the
+table :data:`REGULARIZERS` that every other module reads a regularizer from.
 
 Fields are ``[B, ndim, *S]`` in voxels (ndim 2 or 3), channel k is the component along array axis k. Derivatives
 are forward differences ``d_a v_k(x) = v_k(x + e_a) - v_k(x)``, set to zero at the last index along axis a (the
@@ -10,10 +11,13 @@ in voxels. Parameters (``lam``, ``mu``, ``weight``) are floats, per-sample tenso
 
 :func:`elastic_energy` runs a fused autograd op (:mod:`.kernels`); :func:`elastic_energy_reference` is the same
 energy written as the formula reads, the one to check against the paper.
+
+A new regularizer is one energy function and one :class:`Regularizer` entry of :data:`REGULARIZERS`: the training
+objective, the parameter sampling, the models and the checkpoints look it up by name.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -28,8 +32,12 @@ __all__ = [
     "diffusion_energy",
     "lame_maps",
     "class_map",
+    "class_maps",
     "ElasticRegularizer",
     "DiffusionRegularizer",
+    "Regularizer",
+    "REGULARIZERS",
+    "get_regularizer",
 ]
 
 Spacing = Sequence[float] | torch.Tensor | None
@@ -162,31 +170,36 @@ def _gather_maps(labels: torch.Tensor, *per_class: torch.Tensor, validate: bool)
     return tuple(torch.gather(values, 1, index).view(labels.shape) for values in per_class)
 
 
-def class_map(labels: torch.Tensor, values: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
-    """Voxelwise map ``v(x) = values[label(x)]`` ``[B, 1, *S]`` of per-class values ``[B, C]`` or ``[C]``.
+def class_maps(labels: torch.Tensor, *values: torch.Tensor, names: Sequence[str] | None = None,
+               validate: bool = True) -> tuple[torch.Tensor, ...]:
+    """Voxelwise maps ``v(x) = v[label(x)]`` ``[B, 1, *S]``, one for each per-class tensor ``[B, C]`` or ``[C]``.
 
-    ``labels`` ``[B, 1, *S]`` integer with values ``0..C-1``; values non-negative and finite (neither is read with
-    ``validate=False``). Differentiable with respect to ``values``.
+    ``labels`` ``[B, 1, *S]`` integer with values ``0..C-1``; values non-negative and finite, all with the same C
+    (neither is read with ``validate=False``); ``names`` name them in errors. Differentiable with respect to the
+    values.
     """
     _check_labels(labels)
-    values = _class_values(values, "values", labels.shape[0], validate)
-    return _gather_maps(labels, values, validate=validate)[0]
+    if not values:
+        raise ValueError("class_maps needs at least one tensor of per-class values")
+    names = list(names) if names is not None else [f"values[{i}]" for i in range(len(values))]
+    batch = labels.shape[0]
+    checked = [_class_values(v, name, batch, validate) for v, name in zip(values, names)]
+    for name, v, given in zip(names[1:], checked[1:], values[1:]):
+        if v.shape[1] != checked[0].shape[1]:
+            raise ValueError(f"{name} must have as many classes as {names[0]} ({checked[0].shape[1]}), "
+                             f"got shape {tuple(given.shape)}")
+    return _gather_maps(labels, *checked, validate=validate)
+
+
+def class_map(labels: torch.Tensor, values: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+    """The one map of :func:`class_maps` for per-class ``values`` ``[B, C]`` or ``[C]``."""
+    return class_maps(labels, values, names=("values",), validate=validate)[0]
 
 
 def lame_maps(labels: torch.Tensor, lam: torch.Tensor, mu: torch.Tensor, *,
               validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Voxelwise Lame maps ``lam(x) = lam[label(x)]``, ``mu(x) = mu[label(x)]``, each ``[B, 1, *S]``.
-
-    ``labels`` ``[B, 1, *S]`` integer with values ``0..C-1``; ``lam`` and ``mu`` per class ``[B, C]`` or ``[C]``
-    (shared by the batch), non-negative and finite (values not read with ``validate=False``). Differentiable
-    with respect to ``lam`` and ``mu``.
-    """
-    _check_labels(labels)
-    batch = labels.shape[0]
-    lam, mu = _class_values(lam, "lam", batch, validate), _class_values(mu, "mu", batch, validate)
-    if lam.shape[1] != mu.shape[1]:
-        raise ValueError(f"mu must have as many classes as lam ({lam.shape[1]}), got shape {tuple(mu.shape)}")
-    lam_map, mu_map = _gather_maps(labels, lam, mu, validate=validate)
+    """Voxelwise Lame maps ``lam(x) = lam[label(x)]``, ``mu(x) = mu[label(x)]`` (:func:`class_maps`)."""
+    lam_map, mu_map = class_maps(labels, lam, mu, names=("lam", "mu"), validate=validate)
     return lam_map, mu_map
 
 
@@ -235,3 +248,48 @@ class DiffusionRegularizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"spacing={self.spacing}, reduction={self.reduction!r}"
+
+
+# --- the table -----------------------------------------------------------------------------------------------
+
+class Regularizer(NamedTuple):
+    """One regularizer a model can be conditioned for.
+
+    ``values``: the names of its values per class, in parameter-vector order (a vector for C classes holds all
+    classes' first value, then all classes' second, ...). ``energy(velocity, *values, spacing=, validate=)``: the
+    mean energy of a velocity ``[B, ndim, *S]`` (voxels) for values that are floats, ``[B]`` or voxelwise
+    ``[B, 1, *S]``. The similarity term is weighted by ``1 - sum(values)`` (:meth:`similarity_weight`), so every
+    value lies in [0, 1] with their sum at most 1.
+    """
+
+    name: str
+    values: tuple[str, ...]
+    energy: Callable[..., torch.Tensor]
+    summary: str
+
+    @property
+    def values_per_class(self) -> int:
+        return len(self.values)
+
+    def similarity_weight(self, *values):
+        """``1 - sum(values)``, clamped at 0 (a valid sum that rounds to just above 1 gives 0, not a tiny negative)."""
+        total = sum(values)
+        if isinstance(total, torch.Tensor):
+            return (1.0 - total).clamp_min(0.0)
+        return max(0.0, 1.0 - float(total))
+
+
+#: Every regularizer by name; the first is the default.
+REGULARIZERS: dict[str, Regularizer] = {
+    "elastic": Regularizer("elastic", ("lam", "mu"), elastic_energy,
+                           "linear elasticity, lam/2 (div v)^2 + mu/4 sum_ij (d_i v_j + d_j v_i)^2"),
+    "diffusion": Regularizer("diffusion", ("weight",), diffusion_energy, "diffusion, weight * sum_ak (d_a v_k)^2"),
+}
+
+
+def get_regularizer(name: str) -> Regularizer:
+    """The entry of :data:`REGULARIZERS` called ``name`` (ValueError naming the choices otherwise)."""
+    try:
+        return REGULARIZERS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"regularizer must be one of {tuple(REGULARIZERS)}, got {name!r}") from None

@@ -26,8 +26,9 @@ def build_parser(model_type: str) -> argparse.ArgumentParser:
     add_data_args(parser, split="train")
     add_run_args(parser, out=f"runs/default/{model_type}", dry_run=True)
     group = parser.add_argument_group("training")
-    group.add_argument("--regularizer", choices=REGULARIZERS, default="elastic",
-                       help="elastic (lambda, mu) or the diffusion baseline (one weight h)")
+    group.add_argument("--regularizer", choices=tuple(REGULARIZERS), default="elastic",
+                       help="; ".join(f"{r.name}: {r.summary} (values {', '.join(r.values)})"
+                                      for r in REGULARIZERS.values()))
     group.add_argument("--epochs", type=int, default=100, help="passes over the training split")
     group.add_argument("--steps", type=int, default=None,
                        help="total optimisation steps (overrides --epochs); 0 with --init-from writes the warm-started "
@@ -79,7 +80,7 @@ def build_parser(model_type: str) -> argparse.ArgumentParser:
                      help="use at most this many validation pairs")
     val.add_argument("--val-params", type=float, nargs=2, default=[0.1, 0.1], metavar=("LAM", "MU"),
                      help="the (lam, mu) of every class at which the elastic model is validated")
-    val.add_argument("--val-weight", type=float, default=0.2, help="fixed diffusion weight h for validation")
+    val.add_argument("--val-weight", type=float, default=0.2, help="fixed weight for validation with a regularizer of one value per class (diffusion)")
     parser.set_defaults(model_type=model_type)
     return parser
 

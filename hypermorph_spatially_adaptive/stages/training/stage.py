@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from ...core.hyperparams import params_per_class
 from ...core.objective import constant_hyperparams, sample_training_hyperparams
 from ...data.registry import collate_pairs
 from ...evaluation.locality import measure_locality
@@ -78,7 +79,8 @@ def _checkpoint(ctx: StageContext, optimizer: torch.optim.Optimizer, step: int, 
 
 
 def _validation_hyper(ctx: StageContext) -> torch.Tensor:
-    values = (ctx.args.val_weight,) if ctx.args.regularizer == "diffusion" else tuple(ctx.args.val_params)
+    one_value = params_per_class(ctx.args.regularizer) == 1
+    values = (ctx.args.val_weight,) if one_value else tuple(ctx.args.val_params)
     return constant_hyperparams(values, ctx.num_classes, device=ctx.device)
 
 
