@@ -1,5 +1,5 @@
-"""Regularizers of a velocity field: linear elasticity and diffusion, with voxelwise Lame parameters, and the
-table :data:`REGULARIZERS` that every other module reads a regularizer from.
+"""Regularizers of a velocity field: linear elasticity, diffusion and bending energy, with voxelwise parameters,
+and the table :data:`REGULARIZERS` that every other module reads a regularizer from.
 
 Fields are ``[B, ndim, *S]`` in voxels (ndim 2 or 3), channel k is the component along array axis k. Derivatives
 are forward differences ``d_a v_k(x) = v_k(x + e_a) - v_k(x)``, set to zero at the last index along axis a (the
@@ -30,6 +30,7 @@ __all__ = [
     "elastic_energy",
     "elastic_energy_reference",
     "diffusion_energy",
+    "bending_energy",
     "lame_maps",
     "class_map",
     "class_maps",
@@ -132,6 +133,45 @@ def diffusion_energy(velocity: torch.Tensor, weight: Parameter, spacing: Spacing
                 total = total.addcmul_(grad, grad, value=c * c)
     energy = _weighted(total.unsqueeze(1), weight)
     return reduce_loss(energy, reduction)
+
+
+def _second_difference(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Central ``x[i + 1] - 2 x[i] + x[i - 1]`` along ``dim``, 0 at the first and last index (same shape)."""
+    n = x.shape[dim]
+    if n < 3:
+        return torch.zeros_like(x)
+    inner = x.narrow(dim, 2, n - 2) - 2 * x.narrow(dim, 1, n - 2) + x.narrow(dim, 0, n - 2)
+    zero = torch.zeros_like(x.narrow(dim, 0, 1))
+    return torch.cat([zero, inner, zero], dim=dim)
+
+
+def bending_energy(velocity: torch.Tensor, weight: Parameter, spacing: Spacing = None,
+                   reduction: str = "mean", *, validate: bool = True) -> torch.Tensor:
+    """Bending energy (thin-plate) of a velocity field ``[B, ndim, *S]`` (voxels).
+
+    Per voxel ``weight * sum_k [sum_a (d_aa v_k)^2 + 2 sum_{a<b} (d_ab v_k)^2]``, the squared Frobenius norm of
+    every component's Hessian; no 1/2 factor. ``d_aa`` is the central second difference (0 at the first and
+    last index of axis a), ``d_ab`` the forward difference along b of the forward difference along a (0 at the
+    last index of either axis). With ``spacing`` (mm per voxel) the field is in mm and derivatives per mm:
+    ``d_ab v_k = spacing_k / (spacing_a spacing_b) * diff_b diff_a v_k`` (units 1/mm^2); without it, voxels.
+    Zero for every affine field. ``weight`` is a float, a per-sample tensor ``[B]`` or a voxelwise map
+    ``[B, 1, *S]``, non-negative. Returns the map ``[B, 1, *S]`` (``"none"``), its mean over all voxels and the
+    batch, border included (``"mean"``) or its sum (``"sum"``). ``validate=False`` as for :func:`elastic_energy`.
+    """
+    check_reduction(reduction)
+    ndim = check_field(velocity, "velocity", check_values=validate)
+    spacing = check_spacing(spacing, ndim)
+    weight = as_voxelwise(weight, velocity, "weight", check_values=validate)
+    total = torch.zeros_like(velocity[:, :1])
+    for k in range(ndim):
+        component = velocity[:, k:k + 1]
+        for a in range(ndim):
+            pure = _second_difference(component, 2 + a) * (spacing[k] / spacing[a] ** 2)
+            total = total + pure.square()
+            for b in range(a + 1, ndim):
+                mixed = _padded_difference(_padded_difference(component, 2 + a), 2 + b)
+                total = total + 2 * (mixed * (spacing[k] / (spacing[a] * spacing[b]))).square()
+    return reduce_loss(_weighted(total, weight), reduction)
 
 
 def _check_labels(labels: torch.Tensor) -> None:
@@ -284,6 +324,8 @@ REGULARIZERS: dict[str, Regularizer] = {
     "elastic": Regularizer("elastic", ("lam", "mu"), elastic_energy,
                            "linear elasticity, lam/2 (div v)^2 + mu/4 sum_ij (d_i v_j + d_j v_i)^2"),
     "diffusion": Regularizer("diffusion", ("weight",), diffusion_energy, "diffusion, weight * sum_ak (d_a v_k)^2"),
+    "bending": Regularizer("bending", ("weight",), bending_energy,
+                           "bending energy, weight * sum_k sum_ab (d_a d_b v_k)^2"),
 }
 
 

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from hypermorph_spatially_adaptive.core import regularizers
 from hypermorph_spatially_adaptive.core.transform import identity_grid
 from hypermorph_spatially_adaptive.core.regularizers import (
     DiffusionRegularizer,
@@ -489,3 +490,68 @@ def test_class_map_gathers_each_voxels_class_value_per_sample():
     torch.testing.assert_close(class_map(labels, values), expected)
     with pytest.raises(ValueError, match="labels must lie in 0..1"):
         class_map(labels, values[:, :2])
+
+
+# --- bending energy --------------------------------------------------------------------------------------------
+
+def _grid(shape, dtype=torch.float64):
+    return torch.meshgrid(*[torch.arange(n, dtype=dtype) for n in shape], indexing="ij")
+
+
+@pytest.mark.parametrize("shape, spacing", [((7, 6), None), ((7, 6), (1.5, 0.7)), ((5, 6, 4), (2.0, 1.0, 3.0))])
+def test_bending_energy_is_zero_for_every_affine_field(shape, spacing):
+    generator = torch.Generator().manual_seed(3)
+    ndim = len(shape)
+    coords = torch.stack(_grid(shape))  # [ndim, *S]
+    matrix = torch.randn(ndim, ndim, generator=generator, dtype=torch.float64)
+    offset = torch.randn(ndim, generator=generator, dtype=torch.float64)
+    field = (torch.einsum("kl,l...->k...", matrix, coords) + offset.view(ndim, *[1] * ndim)).unsqueeze(0)
+    energy = regularizers.bending_energy(field, 1.0, spacing=spacing, reduction="sum")
+    assert abs(float(energy)) < 1e-20
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (2.0, 0.5)])
+def test_bending_energy_of_a_quadratic_field_has_its_closed_form(spacing):
+    # u_0 = c i^2 voxels = s0 c i^2 mm with x0 = s0 i mm: d^2 u_0 / dx0^2 = 2 c / s0 at the 1..n-2 interior rows.
+    n0, n1, c = 6, 5, 0.3
+    i, _ = _grid((n0, n1))
+    field = torch.stack([c * i ** 2, torch.zeros_like(i)]).unsqueeze(0)
+    expected = (2 * c / spacing[0]) ** 2 * (n0 - 2) / n0
+    energy = regularizers.bending_energy(field, 1.0, spacing=spacing)
+    assert float(energy) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (2.0, 0.5)])
+def test_bending_energy_counts_a_mixed_derivative_twice(spacing):
+    # u_1 = c i j voxels: d^2 u_1 / (dx0 dx1) = s1 c / (s0 s1) = c / s0 wherever both forward differences exist.
+    n0, n1, c = 6, 5, 0.4
+    i, j = _grid((n0, n1))
+    field = torch.stack([torch.zeros_like(i), c * i * j]).unsqueeze(0)
+    expected = 2 * (c / spacing[0]) ** 2 * (n0 - 1) * (n1 - 1) / (n0 * n1)
+    assert float(regularizers.bending_energy(field, 1.0, spacing=spacing)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_bending_energy_scales_with_a_voxelwise_weight_and_has_gradients():
+    generator = torch.Generator().manual_seed(0)
+    field = torch.randn(1, 2, 6, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(1, 1, 6, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    density = regularizers.bending_energy(field, 1.0, reduction="none")
+    torch.testing.assert_close(regularizers.bending_energy(field, weight, reduction="none"), weight * density)
+    assert torch.autograd.gradcheck(lambda f, w: regularizers.bending_energy(f, w, spacing=(1.5, 0.5)),
+                                    (field, weight))
+
+
+def test_every_regularizer_of_the_table_trains_one_objective_step():
+    from hypermorph_spatially_adaptive.core.objective import registration_loss, sample_training_hyperparams
+
+    generator = torch.Generator().manual_seed(1)
+    fixed, warped = torch.rand(2, 1, 1, 12, 10, generator=generator)
+    labels = torch.randint(0, 3, (1, 1, 12, 10), generator=generator)
+    for name, entry in regularizers.REGULARIZERS.items():
+        velocity = torch.randn(1, 2, 12, 10, generator=generator, requires_grad=True)
+        hyper = sample_training_hyperparams(1, 3, name, generator=generator)
+        assert hyper.shape == (1, 3 * entry.values_per_class)
+        terms = registration_loss(fixed, warped, velocity, hyper, regularizer=name, num_classes=3, labels=labels,
+                                  spacing=(2.0, 1.0), ncc_window=5)
+        terms.total.backward()
+        assert torch.isfinite(velocity.grad).all() and velocity.grad.abs().sum() > 0, name

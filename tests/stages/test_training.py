@@ -35,8 +35,9 @@ def test_help_lists_the_documented_flags(model_type, capsys):
         assert flag in text
 
 
-@pytest.mark.parametrize("model_type,regularizer", [("global", "elastic"), ("global", "diffusion"),
-                                                    ("spatial", "elastic"), ("spatial", "diffusion")])
+@pytest.mark.parametrize("model_type,regularizer", [("global", "elastic"), ("global", "diffusion"), ("global", "bending"),
+                                                    ("spatial", "elastic"), ("spatial", "diffusion"),
+                                                    ("spatial", "bending")])
 def test_tiny_run_writes_the_documented_outputs(model_type, regularizer, phantom_root, tmp_path, tiny_flags):
     out = tmp_path / model_type
     assert _train(model_type, phantom_root, out, tiny_flags, "--steps", "3", "--batch-size", "2",
