@@ -14,7 +14,8 @@ from . import regularizers
 from .hyperparams import REGULARIZERS, sample_hyperparams, similarity_weight, split_hyperparams
 from .losses import ncc_loss
 
-__all__ = ["CLASS_SAMPLING", "LossTerms", "sample_training_hyperparams", "constant_hyperparams", "registration_loss"]
+__all__ = ["CLASS_SAMPLING", "LossTerms", "sample_training_hyperparams", "constant_hyperparams", "registration_loss",
+           "elastic_loss_terms"]
 
 
 class LossTerms(NamedTuple):
@@ -79,13 +80,28 @@ def registration_loss(fixed: torch.Tensor, warped: torch.Tensor, velocity: torch
             lam, mu = regularizers.lame_maps(labels, lam, mu, validate=validate)
         else:
             lam, mu = lam[:, 0], mu[:, 0]
-        weight = similarity_weight(lam, mu)
-        regularization = regularizers.elastic_energy(velocity, lam, mu, spacing=spacing, validate=validate)
-    elif regularizer == "diffusion":
+        return elastic_loss_terms(fixed, warped, velocity, lam, mu, spacing=spacing, ncc_window=ncc_window,
+                                  validate=validate)
+    if regularizer == "diffusion":
         h = regularizers.class_map(labels, hyper, validate=validate) if spatial else hyper[:, 0]
         weight = (1.0 - h).clamp_min(0.0)
         regularization = regularizers.diffusion_energy(velocity, h, spacing=spacing, validate=validate)
     else:
         raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {regularizer!r}")
+    similarity = ncc_loss(fixed, warped, window=ncc_window, weight=weight, validate=validate)
+    return LossTerms(similarity + regularization, similarity, regularization)
+
+
+def elastic_loss_terms(fixed: torch.Tensor, warped: torch.Tensor, velocity: torch.Tensor, lam, mu, *,
+                       spacing: Sequence[float] | None = None, ncc_window: int = 9,
+                       validate: bool = True) -> LossTerms:
+    """The elastic objective of :func:`registration_loss` with the Lame parameters given directly:
+    ``(1 - lam - mu) * NCC(fixed, warped) + elastic_energy(velocity, lam, mu)``, both means over the voxels.
+
+    ``lam``, ``mu``: floats, per-sample ``[B]`` or voxelwise maps ``[B, 1, *S]`` (:func:`.regularizers.lame_maps`);
+    fixed, warped ``[B, 1, *S]``; velocity ``[B, ndim, *S]`` (voxels); ``spacing`` in mm.
+    """
+    weight = similarity_weight(lam, mu)
+    regularization = regularizers.elastic_energy(velocity, lam, mu, spacing=spacing, validate=validate)
     similarity = ncc_loss(fixed, warped, window=ncc_window, weight=weight, validate=validate)
     return LossTerms(similarity + regularization, similarity, regularization)
