@@ -100,8 +100,8 @@ def write_parameter_map(itk: ModuleType, path: str | Path, ndim: int, settings: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    parameter_map(itk, ndim, settings).WriteParameterFile(parameter_map(itk, ndim, settings).GetParameterMap(0),
-                                                          str(temporary))
+    parameters = parameter_map(itk, ndim, settings)
+    parameters.WriteParameterFile(str(temporary))
     temporary.replace(path)
     return path
 
