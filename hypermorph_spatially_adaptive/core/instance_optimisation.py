@@ -93,10 +93,11 @@ def resample_velocity(velocity: torch.Tensor, shape: Sequence[int]) -> torch.Ten
 
 
 def _on_grid(parameter: torch.Tensor | float, shape: tuple[int, ...]) -> torch.Tensor | float:
-    """A parameter from :func:`.tensors.as_voxelwise` on a level's grid: maps are averaged, the others kept."""
-    if isinstance(parameter, torch.Tensor) and any(n > 1 for n in parameter.shape[2:]):
-        return downsample(parameter, shape)
-    return parameter
+    """A parameter from :func:`.tensors.as_voxelwise` on a level's grid: maps are averaged, per-sample values
+    ``[B, 1, 1, ...]`` become ``[B]``, floats are kept."""
+    if not isinstance(parameter, torch.Tensor):
+        return parameter
+    return downsample(parameter, shape) if any(n > 1 for n in parameter.shape[2:]) else parameter.reshape(-1)
 
 
 def _synchronize(device: torch.device) -> None:
