@@ -19,6 +19,7 @@ a fixed point ``p`` to ``p + u(p)`` in the moving image, the project's direction
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -140,7 +141,8 @@ def register_elastix(fixed: torch.Tensor, moving: torch.Tensor, spacing: Sequenc
     _, transform = itk.elastix_registration_method(fixed_image, moving_image,
                                                    parameter_object=parameter_map(itk, ndim, settings),
                                                    log_to_console=False)
-    field_image = itk.transformix_deformation_field(fixed_image, transform)
+    with tempfile.TemporaryDirectory() as folder:  # transformix writes deformationField.mhd there
+        field_image = itk.transformix_deformation_field(fixed_image, transform, output_directory=folder)
     seconds = time.perf_counter() - started
     direction = np.asarray(itk.array_from_matrix(field_image.GetDirection()))
     field = field_to_voxels(np.asarray(itk.array_from_image(field_image)), spacing, direction)
