@@ -58,6 +58,8 @@ What is measured:
   settings, global and spatial model, optionally against a reference measurement (e.g. an earlier commit).
 - **Locality** (`bench_locality.py`): how locally each spatial-model variant's per-class parameters act (strain-based
   locality near 1, leakage near 0), every variant trained for the same budget on the demo's phantom.
+- **Instance optimisation** (`bench_instance.py`): the `+io` methods, classical tissue-specific registration and
+  elastix on the same test pairs of the demo's phantom.
 - **Presets** (`bench_presets.py`): each `configs/*.yaml` run with `--dry-run` on synthetic data in its dataset's
   layout: seconds per training step and peak memory at the preset's size (on the CPU scaled to `--max-voxels`).
 
@@ -255,6 +257,17 @@ def render_locality(data: dict) -> str:
             + markdown_table(headers, rows, digits=(0, *([2] * (2 * len(names))), 3, 0)))
 
 
+def render_instance(data: dict) -> str:
+    """``instance.json``: EPE, TRE, Dice, folding and seconds per pair of every method on the same test pairs."""
+    rows = [[r["method"], r["epe_mm"], r["tre_mm"], r["dice"], r["folding_percent"], r["seconds_per_pair"]]
+            for r in data.get("results", [])]
+    return (f"Demo phantom seed {data.get('seed')}, {data.get('test_pairs')} test pairs, {data.get('steps_per_level')} "
+            f"steps per level (levels {data.get('levels')}, lr {data.get('lr')}), parameters of the optimisation "
+            f"chosen on {data.get('val_pairs')} validation pairs:\n\n"
+            + markdown_table(["method", "EPE (mm)", "TRE (mm)", "Dice", "folding (%)", "s per pair"], rows,
+                             digits=(0, 3, 3, 3, 3, 3)))
+
+
 def render_presets(data: dict) -> str:
     """``presets.json``: seconds per step and peak memory of each preset's dry run."""
     from benchmarks.bench_presets import table
@@ -271,6 +284,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "training_step.json": ("Training steps per second", render_training_step),
     "locality.json": ("Locality of the spatial-model variants", render_locality),
     "presets.json": ("Presets: time per training step and peak memory", render_presets),
+    "instance.json": ("Instance optimisation against elastix", render_instance),
 }
 
 

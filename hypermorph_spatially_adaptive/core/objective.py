@@ -15,7 +15,8 @@ from . import regularizers
 from .hyperparams import sample_hyperparams
 from .losses import ncc_loss
 
-__all__ = ["CLASS_SAMPLING", "LossTerms", "sample_training_hyperparams", "constant_hyperparams", "registration_loss"]
+__all__ = ["CLASS_SAMPLING", "LossTerms", "sample_training_hyperparams", "constant_hyperparams", "registration_loss",
+           "loss_terms"]
 
 
 class LossTerms(NamedTuple):
@@ -83,6 +84,22 @@ def registration_loss(fixed: torch.Tensor, warped: torch.Tensor, velocity: torch
         values = regularizers.class_maps(labels, *values, names=entry.values, validate=validate)
     else:
         values = tuple(v[:, 0] for v in values)
+    return loss_terms(fixed, warped, velocity, regularizer, *values, spacing=spacing, ncc_window=ncc_window,
+                      validate=validate)
+
+
+def loss_terms(fixed: torch.Tensor, warped: torch.Tensor, velocity: torch.Tensor, regularizer: str, *values,
+               spacing: Sequence[float] | None = None, ncc_window: int = 9, validate: bool = True) -> LossTerms:
+    """The objective of :func:`registration_loss` with the regularizer's values given directly:
+    ``(1 - sum(values)) * NCC(fixed, warped) + energy(velocity, *values)``, both means over the voxels.
+
+    ``values``: the regularizer's values in table order (elastic: ``lam, mu``), each a float, per-sample ``[B]``
+    or a voxelwise map ``[B, 1, *S]`` (:func:`.regularizers.class_maps`); fixed, warped ``[B, 1, *S]``; velocity
+    ``[B, ndim, *S]`` (voxels); ``spacing`` in mm.
+    """
+    entry = regularizers.get_regularizer(regularizer)
+    if len(values) != entry.values_per_class:
+        raise ValueError(f"the {regularizer} regularizer takes the values {entry.values}, got {len(values)} value(s)")
     regularization = entry.energy(velocity, *values, spacing=spacing, validate=validate)
     similarity = ncc_loss(fixed, warped, window=ncc_window, weight=entry.similarity_weight(*values),
                           validate=validate)

@@ -7,6 +7,7 @@ from typing import Sequence
 from ..cli import HelpFormatter, add_data_args, add_model_arg, add_run_args, run_stage
 from .choice import BACKGROUND_NOTES, BACKGROUND_POLICIES, CRITERIA
 from .stage import run
+from .instance_scoring import add_scoring_args
 
 __all__ = ["build_parser", "main"]
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="score only sorted_pair_ids[K-1::N] (1-based K) and write grid_scores.csv")
     cluster.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                          help="combine the --out folders of all N shards into the files of a single run")
+    add_scoring_args(parser)
     refine = parser.add_argument_group("refinement (beyond the paper)")
     refine.add_argument("--refine", action="store_true",
                         help="coordinate search on the population vector with the spatial model, by --criterion; "

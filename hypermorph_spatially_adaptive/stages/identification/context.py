@@ -21,6 +21,7 @@ from ..run_folder import run_record
 from .grid import parse_values, simplex_grid, value_grid
 from .grid_scores import GridScores, merge_grid_scores, parse_shard, read_grid_scores, shard_pair_ids
 from .scoring import default_grid_batch
+from .instance_scoring import instance_options
 
 __all__ = ["StageContext", "prepare", "run_identity"]
 
@@ -64,6 +65,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ValueError("--merge combines finished shards; it takes neither --shard nor --resume")
     if args.shard and args.refine:
         raise ValueError("--refine tunes on all pairs: give it to the --merge step, not to a --shard run")
+    instance_options(args)
 
 
 def _grid(args: argparse.Namespace) -> torch.Tensor:

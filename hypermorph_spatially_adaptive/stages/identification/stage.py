@@ -28,6 +28,7 @@ from .dry_run import dry_run
 from .figures import write_scope_figures
 from .grid_scores import GridScores, merge_grid_scores, read_grid_scores, write_grid_scores
 from .refinement import Refinement, refine_vector
+from .instance_scoring import evaluate_pair_instance, instance_options
 from .scoring import evaluate_pair
 from .summary import run_summary
 
@@ -48,8 +49,13 @@ def _evaluate(args: argparse.Namespace, ctx: StageContext, out: Path) -> GridSco
         # The relabelled dataset reads the images again: a dataset has no labels-only load (its preprocessing of
         # labels follows that of the images).
         selection = ctx.selection[index] if ctx.selection is not None else None
-        scores = evaluate_pair(ctx.model, ctx.dataset[index], ctx.grid, len(ctx.class_names), args.grid_batch,
-                               selection)
+        options = instance_options(args)
+        if options is not None:
+            scores = evaluate_pair_instance(ctx.dataset[index], ctx.grid, len(ctx.class_names), options, ctx.device,
+                                            int_steps=ctx.model.int_steps, grid_batch=args.grid_batch or 16)
+        else:
+            scores = evaluate_pair(ctx.model, ctx.dataset[index], ctx.grid, len(ctx.class_names), args.grid_batch,
+                                   selection)
         part = GridScores.for_pair(pair_id, ctx.grid, ctx.class_names, scores)
         write_grid_scores(path, part)
         parts.append(part)

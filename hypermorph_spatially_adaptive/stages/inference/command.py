@@ -9,6 +9,8 @@ from typing import Sequence
 from ...data import nifti_io
 from ..cli import HelpFormatter, add_data_args, add_model_arg, add_run_args, run_stage
 from .context import OUTPUT_FORMATS
+from .elastix import ElastixSettings
+from .instance import DEFAULT_LEVELS, DEFAULT_LR
 from .pairs import DEFAULT_METHODS, METHODS
 from .stage import run
 
@@ -54,6 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="first step of the coordinate search (identification's --refine-step)")
     oracle.add_argument("--oracle-sweeps", type=int, default=3,
                         help="sweeps over the classes (identification's --refine-sweeps)")
+    instance = parser.add_argument_group(
+        "instance optimisation (every method gets a <method>+io counterpart)",
+        "Starting from each method's velocity (identity: from zero, a classical registration), Adam minimises the\n"
+        "training objective on the pair (weighted NCC + elastic energy with the method's voxelwise Lame maps),\n"
+        "coarse to fine, then integrates. The defaults are tuned for --instance-steps 200.")
+    instance.add_argument("--instance-steps", type=int, default=0, metavar="N",
+                          help="Adam steps per level (0: no optimised methods)")
+    instance.add_argument("--instance-lr", type=float, default=DEFAULT_LR,
+                          help="Adam's learning rate, in voxels of each level's grid")
+    instance.add_argument("--instance-levels", type=int, nargs="+", default=list(DEFAULT_LEVELS), metavar="F",
+                          help="downsampling factors of the levels, coarse to fine, ending at 1")
+    instance.add_argument("--instance-parameters", default=None, metavar="FILE",
+                          help="parameters.csv chosen for the optimisation (parameter_identification.py "
+                               "--score-with instance); default: each method's own from --parameters")
+    baseline = parser.add_argument_group("method elastix (the classical baseline; pip install .[baselines])")
+    baseline.add_argument("--elastix-bending-weight", type=float, default=ElastixSettings().bending_weight,
+                          help="weight of the bending-energy penalty (the correlation's is 1)")
+    baseline.add_argument("--elastix-iterations", type=int, default=ElastixSettings().iterations,
+                          help="iterations per resolution")
+    baseline.add_argument("--elastix-resolutions", type=int, default=ElastixSettings().resolutions,
+                          help="resolutions of the pyramid (B-spline grid 4 voxels apart at the finest, doubling)")
     files = parser.add_argument_group("explicit files (instead of a dataset split)")
     files.add_argument("--fixed", default=None,
                        help="fixed image: NIfTI, MHA/MHD, NRRD or a DICOM series folder; the outputs live on its grid")

@@ -16,6 +16,8 @@ from ...runtime import resolve_device
 from ..cli import open_dataset, resolve_data_root
 from ..parameter_table import GLOBAL, POPULATION, POPULATION_REFINED, ParameterTable, read_parameters
 from ..run_folder import run_record
+from .elastix import ELASTIX, ElastixSettings, import_elastix
+from .instance import IDENTITY, InstanceOptions, with_io_methods
 from .oracle import ORACLE_FILE, read_oracle
 from .pairs import LITERATURE, METHODS, SPATIAL_METHODS, TISSUE_ORACLE, output_stem
 
@@ -28,7 +30,7 @@ OUTPUT_FORMATS = ("nifti", SAME_FORMAT, "mha", "nrrd")
 # Options that do not change the results (left out of run.json); models and parameters are recorded by their files'
 # identity.
 _NOT_RECORDED = ("out", "device", "config", "resume", "figures", "spatial_model", "global_model", "parameters",
-                 "data_scan", "dry_run")
+                 "instance_parameters", "data_scan", "dry_run")
 _PATHS = ("data_root", "fixed", "moving", "fixed_labels", "moving_labels", "fixed_keypoints", "moving_keypoints")
 
 
@@ -53,6 +55,11 @@ class StageContext:
     oracle_dataset: Any = None
     oracle_pair_ids: list[str] = field(default_factory=list)
     oracle: ParameterTable | None = None
+    #: ``--instance-steps`` > 0: the optimisation's settings, and ``--instance-parameters`` when given.
+    instance: InstanceOptions | None = None
+    instance_table: ParameterTable | None = None
+    #: Method elastix: its settings.
+    elastix: ElastixSettings | None = None
 
     def item(self, index: int) -> dict[str, Any]:
         return self.explicit_item if self.explicit_item is not None else self.dataset[index]
@@ -162,8 +169,9 @@ def _check_scopes(table: ParameterTable, methods: list[str], population_scope: s
     needed = {}
     if "global" in methods:
         needed[GLOBAL] = "global"
-    if "tissue_population" in methods:
-        needed[population_scope] = "tissue_population"
+    for method in ("tissue_population", IDENTITY):
+        if method in methods:
+            needed[population_scope] = method
     if "tissue_subject" in methods and any(not table.has(p) for p in pair_ids):
         needed[population_scope] = "tissue_subject (for pairs without their own rows)"
     if TISSUE_ORACLE in methods:
@@ -202,10 +210,46 @@ def _oracle_pairs(args: argparse.Namespace, models: dict, class_names: Sequence[
     return dataset, pair_ids
 
 
+def _read_table(flag: str, path: str, class_names: Sequence[str] | None) -> ParameterTable:
+    try:
+        return read_parameters(path, class_names=class_names)
+    except ValueError as error:
+        message = str(error).removeprefix("--parameters ")
+        raise ValueError(message if message.startswith(flag) else f"{flag} {message}") from error
+
+
+def _check_instance(args: argparse.Namespace, methods: list[str], dataset: Any, explicit_item: dict | None,
+                    population_scope: str, pair_ids: list[str], class_names: Sequence[str]
+                    ) -> tuple[InstanceOptions | None, ParameterTable | None]:
+    """``--instance-*`` checked: the options, the parameters file and its scopes, and the fixed labels that place
+    the per-class values of the optimised spatial methods."""
+    options = InstanceOptions.from_args(args.instance_steps, args.instance_lr, args.instance_levels)
+    if args.instance_parameters is not None and not options.steps:
+        raise ValueError("--instance-parameters needs --instance-steps N (N > 0)")
+    if not options.steps:
+        return None, None
+    table = None
+    if args.instance_parameters is not None:
+        table = _read_table("--instance-parameters", args.instance_parameters, class_names)
+        _check_scopes(table, [m for m in methods if m != ELASTIX], population_scope, pair_ids,
+                      args.instance_parameters)
+    per_class = [m for m in methods if m in SPATIAL_METHODS or m == IDENTITY]
+    first = explicit_item if explicit_item is not None else (dataset[0] if dataset is not None and len(dataset) else {})
+    if per_class and "fixed_labels" not in first:
+        where = "--fixed-labels" if explicit_item is not None else f"--dataset {args.dataset}: fixed labels in its pairs"
+        raise ValueError(f"--instance-steps: {where} required: the optimised {per_class[0]} places each class's "
+                         f"parameters by the fixed image's labels")
+    return options, table
+
+
 def prepare(args: argparse.Namespace) -> StageContext:
     """Check every option and input, load the models, pairs and parameters; nothing is written."""
     methods = _check_methods(args.methods)
     _check_flags(args)
+    elastix = None
+    if ELASTIX in methods:
+        elastix = ElastixSettings(args.elastix_bending_weight, args.elastix_iterations, args.elastix_resolutions)
+        import_elastix()
     device = resolve_device(args.device)
     models = _load_models(args, methods, device)
     dataset, explicit_item = _open_pairs(args, models)
@@ -246,8 +290,12 @@ def prepare(args: argparse.Namespace) -> StageContext:
     if not args.resume and ((out / "metrics.csv").exists() or (out / ".partial").exists()):
         raise ValueError(f"--out {out} already holds inference results; pass --resume to continue them or choose "
                          f"another --out")
+    instance, instance_table = _check_instance(args, methods, dataset, explicit_item, population_scope, pair_ids,
+                                               class_names)
+    methods = with_io_methods(methods, instance is not None, not_optimised=(ELASTIX,))
     ctx = StageContext(args, out, device, methods, models, class_names, table, population_scope, literature,
-                       pair_ids, stems, dataset, explicit_item, formats)
+                       pair_ids, stems, dataset, explicit_item, formats, instance=instance,
+                       instance_table=instance_table, elastix=elastix)
     if TISSUE_ORACLE in methods:
         ctx.oracle_dataset, ctx.oracle_pair_ids = _oracle_pairs(args, models, class_names)
         if args.resume and (out / ORACLE_FILE).is_file():
@@ -260,4 +308,5 @@ def run_identity(ctx: StageContext) -> dict[str, Any]:
     results (paths resolved) and the identity of the models and the parameters file."""
     options = {key: value for key, value in vars(ctx.args).items() if key not in _NOT_RECORDED}
     inputs = {f"--{kind}-model": info.path for kind, (_, info) in ctx.models.items()}
+    inputs["--instance-parameters"] = ctx.args.instance_parameters if ctx.instance is not None else None
     return run_record("inference", options, {**inputs, "--parameters": ctx.args.parameters}, paths=_PATHS)

@@ -6,7 +6,7 @@ import torch
 
 from ..plan import Plan, count_parameters, measure
 from .context import StageContext
-from .pairs import TISSUE_ORACLE, method_parameters, register, score_pair
+from .pairs import NETWORK_METHODS, TISSUE_ORACLE, method_parameters, register, score_pair
 
 __all__ = ["dry_run"]
 
@@ -26,6 +26,9 @@ def dry_run(ctx: StageContext) -> str:
         plan.add(f"{kind} model", f"{info.path}: {count_parameters(model):,} parameters")
     plan.add("device", str(ctx.device) + (f" ({torch.get_num_threads()} threads)" if ctx.device.type == "cpu" else ""))
     for method in ctx.methods:
+        if method not in NETWORK_METHODS:
+            plan.add(method, "not timed here (no network: an optimisation or elastix per pair, seconds each)")
+            continue
         if method == TISSUE_ORACLE and ctx.oracle is None:
             # Its vector is chosen by a search before the pairs are registered: time the pairs at the population's.
             plan.add(method, f"vector searched on {len(ctx.oracle_pair_ids)} pairs of --oracle-split first (not "

@@ -4,7 +4,9 @@ Methods (:data:`METHODS`): ``global`` (the global model at the ``global`` scope 
 ``tissue_population`` (the spatial model with the ``population`` vector, or ``population_refined``),
 ``tissue_subject`` (the spatial model with the pair's own rows, else the population vector), ``literature``
 (the spatial model at one given (lam, mu) for every class, or a given vector) and ``tissue_oracle`` (the spatial
-model at the vector chosen by the true error on other pairs, :mod:`.oracle`: an upper reference on synthetic data). The networks see the two images and
+model at the vector chosen by the true error on other pairs, :mod:`.oracle`: an upper reference on synthetic data),
+``identity`` (the zero field, with the population vector for its ``+io`` counterpart, :mod:`.instance`) and
+``elastix`` (the classical B-spline baseline, :mod:`.elastix`). The networks see the two images and
 the parameter vector, and a spatial model with ``maps`` or ``tissue`` conditioning also the fixed labels, which place
 each class's values; otherwise labels and keypoints are used for scoring only. Output files of a pair, on the fixed grid
 with its affine, in ``OUT/<method>/``: ``warped_<stem>``, ``warped_labels_<stem>`` (with labels), ``disp_<stem>``
@@ -24,15 +26,20 @@ import torch
 from ...core.metrics import jacobian_determinant, warp_labels
 from ...data import image_io, nifti_io
 from ...evaluation.pair_metrics import pair_metrics, tissue_metrics
-from ...models.networks import HyperVxmDense
+from ...models.networks import HyperVxmDense, RegistrationOutput
 from ..parameter_table import GLOBAL, ORACLE, POPULATION, ParameterTable
+from .elastix import ELASTIX
+from .instance import IDENTITY
 
-__all__ = ["METHODS", "DEFAULT_METHODS", "SPATIAL_METHODS", "LITERATURE", "TISSUE_ORACLE", "PairResult",
-           "output_stem", "method_parameters", "register", "score_pair", "output_paths", "write_outputs"]
+__all__ = ["METHODS", "DEFAULT_METHODS", "SPATIAL_METHODS", "NETWORK_METHODS", "LITERATURE", "TISSUE_ORACLE",
+           "IDENTITY", "ELASTIX", "PairResult", "output_stem", "method_parameters", "predict", "register",
+           "score_pair", "output_paths", "write_outputs"]
 
-METHODS = ("global", "tissue_population", "tissue_subject", "literature", "tissue_oracle")
+METHODS = ("global", "tissue_population", "tissue_subject", "literature", "tissue_oracle", IDENTITY, ELASTIX)
 DEFAULT_METHODS = ("global", "tissue_population", "tissue_subject")
 SPATIAL_METHODS = ("tissue_population", "tissue_subject", "literature", "tissue_oracle")
+#: The methods that run a network (the others: ``identity`` and ``elastix``).
+NETWORK_METHODS = ("global", *SPATIAL_METHODS)
 LITERATURE, TISSUE_ORACLE = "literature", "tissue_oracle"
 
 
@@ -51,11 +58,12 @@ def method_parameters(method: str, pair_id: str, table: ParameterTable, populati
 
     ``global`` -> ``[[lam, mu]]`` of the global scope; ``tissue_population`` -> ``population_scope``;
     ``tissue_subject`` -> the pair's own scope, else ``population_scope``; ``literature`` -> ``literature``;
-    ``tissue_oracle`` -> the ``oracle`` scope of ``oracle`` (``oracle_parameters.csv``).
+    ``tissue_oracle`` -> the ``oracle`` scope of ``oracle`` (``oracle_parameters.csv``); ``identity`` ->
+    ``population_scope`` (the Lame maps of its ``+io`` counterpart).
     """
     if method == "global":
         return torch.tensor([table.global_pair()], dtype=torch.float32), GLOBAL
-    if method == "tissue_population":
+    if method in ("tissue_population", IDENTITY):
         return table.hyper(population_scope), population_scope
     if method == "tissue_subject":
         scope = table.subject_scope(pair_id, fallback=population_scope)
@@ -77,10 +85,11 @@ def _synchronize(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def register(model: HyperVxmDense, item: dict[str, Any], hyper: torch.Tensor,
-             device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Run ``model`` on one item: warped moving ``[1, 1, *S]``, displacement ``[1, ndim, *S]`` and the seconds
-    spent in the forward pass and integration (CUDA synchronised before and after)."""
+def predict(model: HyperVxmDense, item: dict[str, Any], hyper: torch.Tensor,
+            device: torch.device) -> tuple[RegistrationOutput, float]:
+    """Run ``model`` on one item: its output (warped moving ``[1, 1, *S]``, displacement and velocity
+    ``[1, ndim, *S]``) and the seconds spent in the forward pass and integration (CUDA synchronised before and
+    after)."""
     moving, fixed = item["moving"][None].to(device), item["fixed"][None].to(device)
     hyper = hyper.to(device)
     labels = None
@@ -93,7 +102,15 @@ def register(model: HyperVxmDense, item: dict[str, Any], hyper: torch.Tensor,
     start = time.perf_counter()
     output = model(moving, fixed, hyper, labels)
     _synchronize(device)
-    return output.warped, output.displacement, time.perf_counter() - start
+    return output, time.perf_counter() - start
+
+
+def register(model: HyperVxmDense, item: dict[str, Any], hyper: torch.Tensor,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """:func:`predict` without the velocity: warped moving ``[1, 1, *S]``, displacement ``[1, ndim, *S]`` and the
+    seconds."""
+    output, seconds = predict(model, item, hyper, device)
+    return output.warped, output.displacement, seconds
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 Writes ``OUT/<method>/`` (:mod:`.pairs`), ``OUT/metrics.csv``, ``OUT/summary.{csv,md}`` (:mod:`.report`),
 ``OUT/figures/`` (:mod:`.figures`) and ``OUT/config.json``; with method ``tissue_oracle`` first
-``OUT/oracle_parameters.csv`` (:mod:`.oracle`). Rows of finished pairs go to ``OUT/.partial/`` as they are written, so
-``--resume`` skips them (and reuses the oracle's file).
+``OUT/oracle_parameters.csv`` (:mod:`.oracle`); with method ``elastix`` ``OUT/elastix/parameter_map.txt``
+(:mod:`.elastix`). With ``--instance-steps`` every method but elastix has an ``+io`` counterpart (:mod:`.instance`).
+Rows of finished pairs go to ``OUT/.partial/`` as they are written, so ``--resume`` skips them (and reuses the
+oracle's file).
 """
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
+from ...core.transform import warp
 from ...files import atomic_write_json
 from ...runtime import seed_everything
 from ..cli import write_config
@@ -21,8 +25,10 @@ from ..run_folder import check_resume, record_run
 from . import figures, report
 from .context import StageContext, prepare, run_identity
 from .dry_run import dry_run
+from .elastix import ELASTIX, import_elastix, register_elastix, write_parameter_map
+from .instance import IDENTITY, base_method, optimise_pair
 from .oracle import ORACLE_FILE, choose_oracle
-from .pairs import TISSUE_ORACLE, method_parameters, output_paths, register, score_pair, write_outputs
+from .pairs import TISSUE_ORACLE, method_parameters, output_paths, predict, score_pair, write_outputs
 
 __all__ = ["run"]
 
@@ -53,20 +59,58 @@ def _pending(ctx: StageContext, index: int) -> tuple[list[str], dict[str, dict]]
     return [m for m in ctx.methods if m not in done], done
 
 
+def _start(ctx: StageContext, item: dict, pair_id: str, method: str, warmed: set) -> tuple[torch.Tensor, torch.Tensor,
+                                                                              torch.Tensor, float, str]:
+    """A method that is not optimised on the pair: warped ``[1, 1, *S]``, displacement and velocity
+    ``[1, ndim, *S]`` (voxels; ``identity``: zero, ``elastix``: None, it has no counterpart), seconds and
+    the parameters' scope."""
+    if method == ELASTIX:
+        displacement, seconds = register_elastix(item["fixed"], item["moving"], item["spacing"].tolist(),
+                                                 ctx.elastix, threads=torch.get_num_threads())
+        return warp(item["moving"][None], displacement), displacement, None, seconds, ELASTIX
+    hyper, source = method_parameters(method, pair_id, ctx.table, ctx.population_scope, ctx.literature,
+                                      ctx.oracle)
+    if method == IDENTITY:
+        zero = item["fixed"].new_zeros(1, item["fixed"].dim() - 1, *item["fixed"].shape[1:])
+        return item["moving"][None], zero, zero, 0.0, source
+    kind = "global" if method == "global" else "spatial"
+    model = ctx.models[kind][0]
+    if kind not in warmed:  # the first call pays for allocations and kernel selection; keep it out of runtime_s
+        predict(model, item, hyper, ctx.device)
+        warmed.add(kind)
+    output, seconds = predict(model, item, hyper, ctx.device)
+    return output.warped, output.displacement, output.velocity, seconds, source
+
+
+def _optimised(ctx: StageContext, item: dict, pair_id: str, method: str, start: torch.Tensor, start_seconds: float
+               ) -> tuple[torch.Tensor, torch.Tensor, float, str]:
+    """``method``'s ``+io`` counterpart from its velocity ``start``: warped, displacement, the seconds of both
+    (network and optimisation) and the parameters' scope (from ``--instance-parameters`` when given)."""
+    table = ctx.instance_table or ctx.table
+    hyper, source = method_parameters(method, pair_id, table, ctx.population_scope, ctx.literature,
+                                      ctx.oracle)
+    model = ctx.models.get("global" if method == "global" else "spatial")
+    int_steps = model[0].int_steps if model else next((m.int_steps for m, _ in ctx.models.values()), 7)
+    ncc_window = model[1].ncc_window if model else next((i.ncc_window for _, i in ctx.models.values()), 9)
+    result = optimise_pair(item, None if method == IDENTITY else start, hyper, ctx.instance, ctx.device, int_steps,
+                           ncc_window)
+    return result.warped, result.displacement, start_seconds + result.seconds, source
+
+
 def _run_pair(ctx: StageContext, index: int, methods: list[str], warmed: set) -> dict[str, dict]:
     """Register, score and write pair ``index`` with ``methods``; returns their rows (figure for the first N)."""
     item = ctx.item(index)
     pair_id, stem = ctx.pair_ids[index], ctx.stems[index]
-    rows, kept = {}, {}
+    rows, kept, starts = {}, {}, {}
     for method in methods:
-        hyper, source = method_parameters(method, pair_id, ctx.table, ctx.population_scope, ctx.literature,
-                                          ctx.oracle)
-        kind = "global" if method == "global" else "spatial"
-        model = ctx.models[kind][0]
-        if kind not in warmed:  # the first call pays for allocations and kernel selection; keep it out of runtime_s
-            register(model, item, hyper, ctx.device)
-            warmed.add(kind)
-        warped, displacement, runtime_s = register(model, item, hyper, ctx.device)
+        base = base_method(method)
+        if base is None:
+            warped, displacement, velocity, runtime_s, source = _start(ctx, item, pair_id, method, warmed)
+            starts[method] = (velocity, runtime_s)
+        else:
+            if base not in starts:  # its row came from an interrupted run (--resume)
+                starts[base] = _start(ctx, item, pair_id, base, warmed)[2:4]
+            warped, displacement, runtime_s, source = _optimised(ctx, item, pair_id, base, *starts[base])
         result = score_pair(item, method, warped, displacement, runtime_s, source, ctx.class_names,
                             ctx.args.hd95)
         if not ctx.args.no_save_outputs:
@@ -110,7 +154,12 @@ def run(args: argparse.Namespace) -> Path:
     write_config(ctx.out, args, methods=ctx.methods, class_names=list(ctx.class_names),
                  population_scope=ctx.population_scope, pair_ids=ctx.pair_ids,
                  models={kind: str(info.path) for kind, (_, info) in ctx.models.items()},
+                 **({"instance_optimisation": vars(ctx.instance)} if ctx.instance is not None else {}),
+                 **({"elastix": ctx.elastix.as_dict()} if ctx.elastix is not None else {}),
                  **({"oracle_pair_ids": ctx.oracle_pair_ids} if TISSUE_ORACLE in ctx.methods else {}))
+    if ctx.elastix is not None:
+        write_parameter_map(import_elastix(), ctx.out / ELASTIX / "parameter_map.txt", len(ctx.item(0)["spacing"]),
+                            ctx.elastix)
     notes = _notices(ctx)
     if TISSUE_ORACLE in ctx.methods:
         notes.append(_choose_oracle(ctx))

@@ -1,0 +1,96 @@
+"""Instance-optimised methods of inference (``--instance-steps N``): every method's velocity refined on the pair.
+
+For each method ``m`` of ``--methods`` (except ``elastix``) the run adds ``m+io``: starting from ``m``'s predicted
+velocity (``identity``: from zero, a classical registration), :func:`~...core.instance_optimisation.optimise_velocity`
+minimises the training objective on the pair with ``m``'s voxelwise Lame maps (the global pair everywhere, or the
+per-class values placed by the fixed labels), then integrates. The parameters are ``m``'s own (from ``--parameters``)
+or, with ``--instance-parameters FILE``, the same scope of that file: values chosen for the optimisation
+(``parameter_identification.py --score-with instance``). ``identity`` takes the population scope. The time of an
+``+io`` row is the network's and the optimisation's together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ...core.instance_optimisation import InstanceResult, check_levels, optimise_velocity
+from ...core.regularizers import lame_maps
+
+__all__ = ["IO_SUFFIX", "IDENTITY", "InstanceOptions", "io_method", "base_method", "with_io_methods",
+           "lame_maps_of", "optimise_pair", "DEFAULT_LR", "DEFAULT_LEVELS"]
+
+IO_SUFFIX = "+io"
+#: The zero field: no registration, and, with ``--instance-steps``, the start of a classical registration.
+IDENTITY = "identity"
+#: Defaults tuned for 200 steps per level on the demo phantom's validation pairs (README, benchmarks).
+DEFAULT_LR = 0.05
+DEFAULT_LEVELS = (4, 2, 1)
+
+
+@dataclass(frozen=True)
+class InstanceOptions:
+    """``--instance-steps`` (Adam steps per level), ``--instance-lr`` (voxels of each level's grid) and
+    ``--instance-levels`` (downsampling factors ending at 1)."""
+
+    steps: int
+    lr: float
+    levels: tuple[int, ...]
+
+    @classmethod
+    def from_args(cls, steps: int, lr: float, levels: Sequence[int]) -> "InstanceOptions":
+        if steps < 0:
+            raise ValueError(f"--instance-steps must be >= 0, got {steps}")
+        if not lr > 0:
+            raise ValueError(f"--instance-lr must be positive, got {lr}")
+        try:
+            levels = check_levels(levels)
+        except ValueError as error:
+            raise ValueError(f"--instance-levels: {error}") from None
+        return cls(int(steps), float(lr), levels)
+
+
+def io_method(method: str) -> str:
+    """The optimised counterpart of ``method``: ``tissue_population`` -> ``tissue_population+io``."""
+    return f"{method}{IO_SUFFIX}"
+
+
+def base_method(method: str) -> str | None:
+    """The method an ``+io`` method starts from, None for a method that is not optimised."""
+    return method[:-len(IO_SUFFIX)] if method.endswith(IO_SUFFIX) else None
+
+
+def with_io_methods(methods: Sequence[str], optimised: bool, not_optimised: Sequence[str] = ()) -> list[str]:
+    """``methods`` with each one's ``+io`` counterpart after it when ``optimised`` (not for ``not_optimised``)."""
+    out = []
+    for method in methods:
+        out.append(method)
+        if optimised and method not in not_optimised:
+            out.append(io_method(method))
+    return out
+
+
+def lame_maps_of(hyper: torch.Tensor, item: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Voxelwise ``lam(x)``, ``mu(x)`` ``[1, 1, *S]`` of a model input ``hyper``: ``[1, 2]`` (the global pair, the
+    same at every voxel) or ``[1, 2C]`` (per class, placed by the item's fixed labels)."""
+    shape = (1, 1, *item["fixed"].shape[1:])
+    hyper = hyper.to(device=device, dtype=torch.float32)
+    classes = hyper.shape[1] // 2
+    if classes == 1:
+        return hyper[0, 0].expand(shape), hyper[0, 1].expand(shape)
+    if "fixed_labels" not in item:
+        raise ValueError(f"pair {item['pair_id']}: per-class parameters need the fixed labels, and this pair has none")
+    return lame_maps(item["fixed_labels"][None].to(device), hyper[:, :classes], hyper[:, classes:])
+
+
+def optimise_pair(item: dict[str, Any], start: torch.Tensor | None, hyper: torch.Tensor, options: InstanceOptions,
+                  device: torch.device, int_steps: int, ncc_window: int) -> InstanceResult:
+    """Optimise one pair's velocity from ``start`` ``[1, ndim, *S]`` (voxels; None: zero) with the Lame maps of
+    ``hyper`` (:func:`lame_maps_of`), with the model's ``int_steps`` and NCC window."""
+    lam, mu = lame_maps_of(hyper, item, device)
+    return optimise_velocity(item["fixed"][None].to(device), item["moving"][None].to(device), lam, mu,
+                             spacing=tuple(float(s) for s in item["spacing"]),
+                             velocity=None if start is None else start.to(device), steps=options.steps,
+                             lr=options.lr, levels=options.levels, int_steps=int_steps, ncc_window=ncc_window)
+
