@@ -64,7 +64,7 @@ def test_parameter_vector_lengths_and_constant_layout():
     torch.testing.assert_close(constant_hyperparams((0.2, 0.3), 3, batch=2),
                                torch.tensor([[0.2, 0.2, 0.2, 0.3, 0.3, 0.3]] * 2))
     with pytest.raises(ValueError, match="regularizer"):
-        nb_hyp_params("bending", 1)
+        nb_hyp_params("curvature", 1)
 
 
 @pytest.mark.parametrize("class_sampling", ["independent", "mixed"])

@@ -3,7 +3,8 @@
 Per seed and variant, ``inference/metrics.csv`` gives the methods global, tissue_population, tissue_subject, the
 control (inference method ``literature`` at the global pair) and the model oracle (``tissue_oracle``);
 ``inference_epe/metrics.csv`` gives the identification oracle (``tissue_population`` with the parameters chosen by
-EPE). Pairs are matched by id, so differences between methods are paired. Intervals are two-stage bootstraps
+EPE) and, when the study ran the instance optimisation, ``inference_io/metrics.csv`` the optimised methods and
+elastix. Pairs are matched by id, so differences between methods are paired. Intervals are two-stage bootstraps
 over seeds and pairs (:mod:`...evaluation.bootstrap`).
 """
 from __future__ import annotations
@@ -19,14 +20,20 @@ from ..parameter_table import POPULATION, read_parameters
 from .presets import CONTROL, GLOBAL
 from .runner import seed_folder
 
-__all__ = ["INFERENCE_NAMES", "StudyData", "collect", "estimate", "difference", "locality_estimate",
+__all__ = ["INFERENCE_NAMES", "METHOD_ORDER", "StudyData", "collect", "estimate", "difference", "locality_estimate",
            "stiffness"]
 
 #: Inference method -> report method, for ``inference/`` and ``inference_epe/``.
 INFERENCE_NAMES = {"inference": {"global": GLOBAL, "tissue_population": "tissue_population",
                                  "tissue_subject": "tissue_subject", "literature": CONTROL,
                                  "tissue_oracle": "oracle_model"},
-                   "inference_epe": {"tissue_population": "oracle_identification"}}
+                   "inference_epe": {"tissue_population": "oracle_identification"},
+                   "inference_io": {"global+io": "global+io", "tissue_population+io": "tissue_population+io",
+                                    "identity+io": "classical", "elastix": "elastix"}}
+#: Stages whose results exist only for some variants or presets.
+OPTIONAL_STAGES = ("inference_io",)
+METHOD_ORDER = (GLOBAL, "tissue_population", "tissue_subject", CONTROL, "oracle_identification", "oracle_model",
+                "global+io", "tissue_population+io", "classical", "elastix")
 
 
 def _float(text: str | None) -> float:
@@ -45,8 +52,7 @@ class StudyData:
     locality: dict = field(default_factory=dict)
 
     def methods(self, variant: str) -> list[str]:
-        return [m for m in (GLOBAL, "tissue_population", "tissue_subject", CONTROL, "oracle_identification",
-                            "oracle_model") if m in self.rows.get(variant, {})]
+        return [m for m in METHOD_ORDER if m in self.rows.get(variant, {})]
 
     def values(self, variant: str, method: str, metric: str) -> list[list[float]]:
         """Per seed, the metric of every pair in pair-id order (the same order for every method)."""
@@ -72,6 +78,8 @@ def collect(out: Path, seeds: Sequence[int], variants: Sequence[str]) -> StudyDa
             folder = seed_folder(out, seed) / variant
             for stage, names in INFERENCE_NAMES.items():
                 path = folder / stage / "metrics.csv"
+                if not path.is_file() and stage in OPTIONAL_STAGES:
+                    continue
                 if not path.is_file():
                     raise ValueError(f"{path}: missing (run the study for seed {seed} first)")
                 for row in _read_rows(path):

@@ -1,7 +1,8 @@
-"""The study runner (``study.py``, ``hypermorph-study``): seeds x spatial variants on the phantom, aggregated with
-95% intervals and paired tests against the global model and the control, written to a markdown report.
+"""The study runner (``study.py``, ``hypermorph-study``): regimes x seeds x spatial variants on the phantom, with the
+instance optimisation and elastix, aggregated with 95% intervals and paired tests against the global model and the
+control, written to a markdown report with one section per regime.
 
-    python study.py                          # the quick CPU preset: 3 seeds, about 20 minutes on 2 cores
+    python study.py                          # the quick CPU preset: 2 regimes x 3 seeds on 2 cores
     python study.py --preset gpu --jobs 1    # 5 seeds at 128 px with longer training, for one GPU
     python study.py --report-only            # rewrite the report from finished runs
 
@@ -19,11 +20,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
+from ...files import atomic_write_json
 from ...runtime import resolve_device
 from ..cli import HelpFormatter, error_message, write_config
 from ..run_folder import OutputLock
 from .aggregate import collect
-from .presets import DEV_SEED, PRESETS, VARIANTS
+from .presets import DEV_SEED, PRESETS, VARIANTS, Regime
 from .report import write_report
 from .runner import run_seed
 
@@ -36,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/study", help="folder of the runs (one sub-folder per preset and seed)")
     parser.add_argument("--report", default="docs/STUDY.md", help="markdown report (figures go beside it)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to run (default: the preset's)")
+    parser.add_argument("--regimes", nargs="+", default=None, metavar="NAME",
+                        help="regimes to run and report, e.g. rich-2d-64 ct-2d-64 (default: the preset's)")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS),
                         help="spatial-model variants to compare")
     parser.add_argument("--jobs", type=int, default=None,
@@ -46,9 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _regimes(args: argparse.Namespace, settings: dict) -> list[Regime]:
+    regimes = {regime.name: regime for regime in settings["regimes"]}
+    unknown = [name for name in args.regimes or () if name not in regimes]
+    if unknown:
+        raise ValueError(f"--regimes: {unknown} not in the {args.preset} preset's regimes {list(regimes)}")
+    return [regimes[name] for name in args.regimes] if args.regimes else list(regimes.values())
+
+
+def regime_settings(settings: dict, regime: Regime) -> dict:
+    """The preset's settings for one regime: its texture, dimension and size."""
+    return {**{k: v for k, v in settings.items() if k != "regimes"}, "texture": regime.texture, "ndim": regime.ndim,
+            "size": regime.size}
+
+
 def run_study(args: argparse.Namespace) -> Path:
-    """Run (or resume) every seed, then aggregate and write the report; return the report's path."""
+    """Run (or resume) every regime and seed, then aggregate and write the report; return the report's path."""
     settings = dict(PRESETS[args.preset])
+    regimes = _regimes(args, settings)
     seeds = tuple(args.seeds or settings["seeds"])
     if DEV_SEED in seeds:
         raise SystemExit(f"study: seed {DEV_SEED} chose the settings and cannot be reported; choose other --seeds")
@@ -60,25 +79,27 @@ def run_study(args: argparse.Namespace) -> Path:
     if not args.report_only:
         device = str(resolve_device(args.device))
         out.mkdir(parents=True, exist_ok=True)
-        write_config(out, args, settings=settings, seeds=list(seeds))
+        write_config(out, args, settings={**settings, "regimes": [vars(r) for r in regimes]}, seeds=list(seeds))
         threads = max(1, (os.cpu_count() or 1) // jobs)
+        runs = [(out / regime.name, seed, regime_settings(settings, regime)) for regime in regimes for seed in seeds]
         if jobs == 1:
-            for seed in seeds:
-                run_seed(out, seed, settings, args.variants, device)
+            for folder, seed, values in runs:
+                run_seed(folder, seed, values, args.variants, device)
         else:
             # Separate processes (spawned: no inherited thread pools) with a share of the cores each.
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = [pool.submit(run_seed, out, seed, settings, args.variants, device, threads)
-                           for seed in seeds]
+                futures = [pool.submit(run_seed, folder, seed, values, args.variants, device, threads)
+                           for folder, seed, values in runs]
                 for future in futures:
                     future.result()
-    runtime = None if args.report_only else time.perf_counter() - started
-    if runtime is not None:
-        (out / "runtime.json").write_text(json.dumps({"seconds": runtime, "jobs": jobs}))
-    elif (out / "runtime.json").is_file():
-        runtime = json.loads((out / "runtime.json").read_text())["seconds"]
-    data = collect(out, seeds, args.variants)
-    report = write_report(out, data, Path(args.report), args.preset, settings, runtime)
+    # Compute time over every invocation that ran stages (a resumed study adds to it).
+    record = out / "runtime.json"
+    runtime = json.loads(record.read_text())["seconds"] if record.is_file() else None
+    if not args.report_only:
+        runtime = (runtime or 0.0) + time.perf_counter() - started
+        atomic_write_json({"seconds": runtime, "jobs": jobs}, record)
+    studies = [(regime, collect(out / regime.name, seeds, args.variants)) for regime in regimes]
+    report = write_report(out, studies, Path(args.report), args.preset, settings, runtime)
     print(report.read_text())
     return report
 

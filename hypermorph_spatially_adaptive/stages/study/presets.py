@@ -7,19 +7,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEV_SEED", "PRESETS", "Variant", "VARIANTS", "METHOD_LABELS", "CONTROL", "GLOBAL"]
+__all__ = ["DEV_SEED", "PRESETS", "Regime", "Variant", "VARIANTS", "METHOD_LABELS", "IO_METHOD_LABELS", "CONTROL",
+           "GLOBAL"]
 
 #: The seed whose data and validation pairs chose the settings; never part of a report.
 DEV_SEED = 0
 
-# quick: 3 seeds on 2 CPU cores in about 20 minutes (two seeds at a time); gpu: sized for one GPU.
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One testbed of the study: the phantom's ``texture`` (``rich``: textured organs, as contrast-enhanced CT;
+    ``ct``: non-contrast CT, homogeneous soft tissue, fat and liver), its dimension and its size per axis."""
+
+    texture: str
+    ndim: int
+    size: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.texture}-{self.ndim}d-{self.size}"
+
+
+_SMALL_NETWORK = dict(enc_features=[16, 32, 32], dec_features=[32, 32, 32, 16], hyper_layers=4, hyper_units=64)
+# Instance optimisation in the study: its parameters are chosen through the optimisation itself on each seed's
+# validation pairs (io_val_pairs, grid io_grid_step), then the test pairs are optimised from the recommended
+# variant's prediction and from zero; elastix runs on the same pairs.
+_INSTANCE = dict(io_steps=100, io_grid_step=0.25, io_val_pairs=4, elastix=True)
+
+# quick: 3 seeds x 2 regimes on 2 CPU cores (two seeds at a time); gpu: sized for one GPU.
 PRESETS = {
-    "quick": dict(seeds=(1, 2, 3), ndim=2, size=64, subjects=56, val=8, test=8, global_steps=2000,
-                  paper_steps=1000, batch_size=4, lr=1e-3, enc_features=[16, 32, 32],
-                  dec_features=[32, 32, 32, 16], hyper_layers=4, hyper_units=64, grid_step=0.1, jobs=2),
-    "gpu": dict(seeds=(1, 2, 3, 4, 5), ndim=2, size=128, subjects=112, val=16, test=16, global_steps=20000,
-                paper_steps=10000, batch_size=8, lr=5e-4, enc_features=[16, 32, 32, 32],
-                dec_features=[32, 32, 32, 32, 32, 16, 16], hyper_layers=6, hyper_units=128, grid_step=0.1, jobs=1),
+    "quick": dict(seeds=(1, 2, 3), regimes=(Regime("rich", 2, 64), Regime("ct", 2, 64)), subjects=56, val=8,
+                  test=8, global_steps=2000, paper_steps=1000, batch_size=4, lr=1e-3, grid_step=0.1, jobs=2,
+                  **_SMALL_NETWORK, **_INSTANCE),
+    "gpu": dict(seeds=(1, 2, 3, 4, 5), regimes=(Regime("rich", 2, 128), Regime("ct", 2, 128), Regime("rich", 3, 64),
+                                                Regime("ct", 3, 64)),
+                subjects=112, val=16, test=16, global_steps=20000, paper_steps=10000, batch_size=8, lr=5e-4,
+                enc_features=[16, 32, 32, 32], dec_features=[32, 32, 32, 32, 32, 16, 16], hyper_layers=6,
+                hyper_units=128, grid_step=0.1, jobs=1, io_steps=200, io_grid_step=0.2, io_val_pairs=8, elastix=True),
 }
 
 
@@ -58,4 +83,12 @@ METHOD_LABELS = {
                              "(validation pairs)",
     "oracle_model": "oracle: per-class parameters chosen by the true EPE through the spatial model itself "
                     "(coordinate search on the validation pairs)",
+}
+#: The instance-optimised methods and the classical baseline (run with the recommended variant's model).
+IO_METHOD_LABELS = {
+    "global+io": "the global model's field optimised on the pair at the global pair chosen for the optimisation",
+    "tissue_population+io": "the spatial model's field optimised on the pair with the per-class parameters chosen "
+                            "for the optimisation (validation pairs)",
+    "classical": "the optimisation from a zero field with those per-class parameters (no network)",
+    "elastix": "elastix B-spline (multi-resolution, normalized correlation, bending penalty) on the same pairs",
 }

@@ -1,12 +1,16 @@
-"""Run the study's pipeline for one seed, resumably: phantom data, global model, identification, and per variant the
-spatial model, inference with every method, and locality. Finished stages are skipped on a rerun.
+"""Run the study's pipeline for one seed of one regime, resumably: phantom data, global model, identification, and per
+variant the spatial model, inference with every method, and locality; with the preset's ``io_steps`` also the
+instance optimisation and elastix. Finished stages are skipped on a rerun.
 
 Layout under ``OUT/seed<k>/``: ``data/`` (the phantom), ``global/`` (training run), ``identification_val/``
 (Dice, validation pairs: the global and population scopes), ``identification_test/`` (Dice, each test pair on its
 own), ``identification_epe/`` (true EPE, validation pairs), ``parameters.csv`` (population plus the test pairs'
 own rows), and per variant ``<variant>/spatial/``, ``<variant>/inference/`` (global, tissue_population,
 tissue_subject, the control and the model oracle), ``<variant>/inference_epe/`` (the population chosen by EPE)
-and ``<variant>/locality/`` (test pairs).
+and ``<variant>/locality/`` (test pairs). With instance optimisation: ``identification_io/`` (parameters chosen
+through the optimisation itself on the first ``io_val_pairs`` validation pairs, by TRE) and
+``recommended/inference_io/`` (global, tissue_population and identity with their ``+io`` counterparts, and
+elastix, on the test pairs in one process).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ...data import phantom
+from ...models.checkpoints import read_checkpoint
 from ..identification import main as identify_main
 from ..inference import main as infer_main
 from ..locality import main as locality_main
@@ -23,7 +28,10 @@ from ..parameter_table import read_parameters, with_subject_rows, write_paramete
 from ..training import main as train_main
 from .presets import VARIANTS, Variant
 
-__all__ = ["seed_folder", "run_seed"]
+__all__ = ["seed_folder", "run_seed", "IO_VARIANT"]
+
+#: The variant whose spatial model starts tissue_population+io.
+IO_VARIANT = "recommended"
 
 
 def seed_folder(out: Path, seed: int) -> Path:
@@ -38,7 +46,7 @@ def _run(stage: str, main: Callable[[Sequence[str]], int], argv: list[str]) -> N
 
 def _train(model_type: str, out: Path, argv: list[str], steps: int) -> None:
     if (out / "checkpoints" / "last.pt").is_file():
-        state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+        state = read_checkpoint(out / "checkpoints" / "last.pt")
         if int(state.get("step", -1)) >= steps:
             return
         argv = [*argv, "--resume"]
@@ -72,9 +80,11 @@ def run_seed(out: Path, seed: int, settings: dict[str, Any], variants: Sequence[
     folder = seed_folder(out, seed)
     data = folder / "data"
     if not (data / "PHANTOM_dataset.json").is_file():
+        texture = settings.get("texture", "rich")
         phantom.write_dataset(data, ndim=settings["ndim"], subjects=settings["subjects"],
                               shape=(settings["size"],) * settings["ndim"], seed=seed, val=settings["val"],
-                              test=settings["test"], progress=False)
+                              test=settings["test"], progress=False,
+                              **({} if texture == "rich" else {"texture": texture}))
     common = ["--dataset", "phantom", "--data-root", str(data), "--device", device, "--seed", str(seed)]
     model = ["--enc-features", *map(str, settings["enc_features"]), "--dec-features",
              *map(str, settings["dec_features"]), "--hyper-layers", str(settings["hyper_layers"]),
@@ -112,4 +122,21 @@ def run_seed(out: Path, seed: int, settings: dict[str, Any], variants: Sequence[
         if not (variant_folder / "locality" / "locality.csv").is_file():
             _run("locality", locality_main, [*common, "--split", "test", "--spatial-model", str(spatial),
                                              "--out", str(variant_folder / "locality")])
+        if name == IO_VARIANT and settings.get("io_steps"):
+            _instance_optimisation(folder, settings, common, infer, parameters)
     return folder
+
+
+def _instance_optimisation(folder: Path, settings: dict[str, Any], common: list[str], infer: list[str],
+                           parameters: Path) -> None:
+    """Parameters chosen through the optimisation on validation pairs, then the optimised methods and elastix on
+    the test pairs (the recommended variant's inference flags ``infer``)."""
+    optimisation = ["--instance-steps", str(settings["io_steps"])]
+    choice = folder / "identification_io"
+    _identify(choice, [*common, "--split", "val", "--max-pairs", str(settings["io_val_pairs"]), "--global-model",
+                       str(folder / "global"), "--score-with", "instance", "--criterion", "tre", "--grid-step",
+                       str(settings["io_grid_step"]), "--figures", "0", *optimisation])
+    methods = ["global", "tissue_population", "identity", *(["elastix"] if settings.get("elastix") else [])]
+    _infer(folder / IO_VARIANT / "inference_io",
+           [*infer, "--parameters", str(parameters), "--methods", *methods, *optimisation, "--instance-parameters",
+            str(choice / "parameters.csv"), "--no-save-outputs"])
