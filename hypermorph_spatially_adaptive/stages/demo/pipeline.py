@@ -6,7 +6,9 @@
     python demo.py --steps 50 ...    # any stage setting can be overridden (see --help)
 
 Stages: phantom data -> global model -> spatially adaptive model -> parameter identification (population on the
-validation pairs; subject-specific on each test pair) -> inference on the test pairs -> locality -> summary. The
+validation pairs; subject-specific on each test pair; through the instance optimisation on a few validation pairs)
+-> inference on the test pairs (with the instance-optimised methods and, when itk-elastix is installed, elastix)
+-> locality -> summary. The
 spatial model uses tissue-wise kernels taken from the global model (``--conditioning tissue``, 0 further steps);
 ``--conditioning vector --spatial-steps 1000`` trains the paper's variant instead. A rerun skips finished stages and
 resumes training, so an interrupted demo continues where it stopped. The last step checks the paper's claim on this
@@ -16,6 +18,7 @@ model at the global pair), and the identified stiffness ranks bone first.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 from typing import Sequence
 
@@ -45,15 +48,18 @@ __all__ = ["PRESETS", "INTEGER_SETTINGS", "build_parser", "run_demo", "main"]
 
 # quick: a few minutes on 2 CPU cores; full: sized for one GPU. The spatial model is the global one with
 # tissue-wise kernels (--conditioning tissue --init-from, no further steps: see README and docs/STUDY.md).
+# instance_steps: Adam steps per level of the +io methods (0: none), their parameters chosen through the
+# optimisation on io_val_pairs validation pairs (grid io_grid_step).
 PRESETS = {
-    "quick": dict(ndim=2, size=64, subjects=56, val=8, test=8, steps=2000, spatial_steps=0, batch_size=4,
-                  lr=1e-3, enc_features=[16, 32, 32], dec_features=[32, 32, 32, 16], hyper_layers=4,
-                  hyper_units=64, grid_step=0.1),
-    "full": dict(ndim=3, size=64, subjects=50, val=10, test=10, steps=20000, spatial_steps=0, batch_size=1,
-                 lr=1e-4, enc_features=[16, 32, 32, 32], dec_features=[32, 32, 32, 32, 32, 16, 16],
-                 hyper_layers=6, hyper_units=128, grid_step=0.1),
+    "quick": dict(texture="rich", ndim=2, size=64, subjects=56, val=8, test=8, steps=2000, spatial_steps=0,
+                  batch_size=4, lr=1e-3, enc_features=[16, 32, 32], dec_features=[32, 32, 32, 16], hyper_layers=4,
+                  hyper_units=64, grid_step=0.1, instance_steps=100, io_val_pairs=4, io_grid_step=0.25),
+    "full": dict(texture="rich", ndim=3, size=64, subjects=50, val=10, test=10, steps=20000, spatial_steps=0,
+                 batch_size=1, lr=1e-4, enc_features=[16, 32, 32, 32], dec_features=[32, 32, 32, 32, 32, 16, 16],
+                 hyper_layers=6, hyper_units=128, grid_step=0.1, instance_steps=200, io_val_pairs=4,
+                 io_grid_step=0.25),
 }
-INTEGER_SETTINGS = ("size", "subjects", "val", "test", "steps", "spatial_steps", "batch_size")
+INTEGER_SETTINGS = ("size", "subjects", "val", "test", "steps", "spatial_steps", "batch_size", "instance_steps")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in INTEGER_SETTINGS:
         preset.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     preset.add_argument("--lr", type=float, default=None)
+    preset.add_argument("--texture", choices=("rich", "ct"), default=None,
+                        help="the phantom's images: rich (textured organs) or ct (non-contrast CT)")
     preset.add_argument("--grid-step", type=float, default=None, help="identification grid step")
     preset.add_argument("--workers", type=int, default=0, help="data-loading processes per training run")
     parser.add_argument("--dry-run", action="store_true",
@@ -82,11 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> dict:
     settings = dict(PRESETS["full" if args.full else "quick"])
-    for key in (*INTEGER_SETTINGS, "lr", "grid_step"):
+    for key in (*INTEGER_SETTINGS, "lr", "grid_step", "texture"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     for key in INTEGER_SETTINGS:
-        if settings[key] < (0 if key in ("val", "test", "spatial_steps") else 1):
+        if settings[key] < (0 if key in ("val", "test", "spatial_steps", "instance_steps") else 1):
             raise SystemExit(f"demo: --{key.replace('_', '-')} must be positive, got {settings[key]}")
     if args.conditioning != "tissue" and settings["spatial_steps"] == 0:
         raise SystemExit(f"demo: --conditioning {args.conditioning} starts from the global model's class mean and "
@@ -163,7 +171,7 @@ def run_demo(args: argparse.Namespace) -> Path | str:
     if not (data / "PHANTOM_dataset.json").is_file():
         phantom.write_dataset(data, ndim=settings["ndim"], subjects=settings["subjects"],
                               shape=(settings["size"],) * settings["ndim"], seed=args.seed, val=settings["val"],
-                              test=settings["test"])
+                              test=settings["test"], texture=settings["texture"])
     common = ["--dataset", "phantom", "--data-root", str(data), "--device", device, "--seed", str(args.seed)]
     model = ["--enc-features", *map(str, settings["enc_features"]), "--dec-features",
              *map(str, settings["dec_features"]), "--hyper-layers", str(settings["hyper_layers"]),
@@ -198,17 +206,18 @@ def run_demo(args: argparse.Namespace) -> Path | str:
     parameters = out / "parameters_for_inference.csv"
     population = read_parameters(identification / "parameters.csv")
     write_parameters(parameters, with_subject_rows(population, read_parameters(subjects / "parameters.csv")))
+    io_methods, io_flags = _instance_flags(out, settings, common, global_checkpoint)
     results = out / "inference"
     # The control: the spatial model at the global pair for every class separates the parameters' effect from the
     # second network's (verdict.CONTROL).
     lam, mu = population.values(GLOBAL)
-    control = ["--methods", *verdict.METHODS, verdict.CONTROL,
+    control = ["--methods", *verdict.METHODS, verdict.CONTROL, *io_methods,
                "--literature-params", f"{float(lam[0]):.6g}", f"{float(mu[0]):.6g}"]
     _stage("inference on the test pairs")
     if not (results / "summary.csv").is_file():
         _check(infer_main([*common, "--split", "test", "--spatial-model", spatial_checkpoint,
                            "--global-model", global_checkpoint, "--parameters", str(parameters), *control,
-                           "--out", str(results), "--resume"]), "inference")
+                           *io_flags, "--out", str(results), "--resume"]), "inference")
     _stage("locality of the spatial model on the test pairs")
     if not (out / "locality" / "locality.csv").is_file():
         _check(locality_main([*common, "--split", "test", "--spatial-model", spatial_checkpoint,
@@ -218,6 +227,26 @@ def run_demo(args: argparse.Namespace) -> Path | str:
                                     out / "demo_summary.md", out / "locality" / "locality.csv")
     print(summary.read_text())
     return summary
+
+
+def _instance_flags(out: Path, settings: dict, common: list[str],
+                    global_checkpoint: str) -> tuple[list[str], list[str]]:
+    """Inference's extra methods (identity, and elastix when installed) and flags of the instance-optimised methods,
+    after choosing their parameters through the optimisation on the first validation pairs; none with
+    ``instance_steps`` 0."""
+    if not settings["instance_steps"]:
+        return [], []
+    steps = ["--instance-steps", str(settings["instance_steps"])]
+    choice = out / "identification_io"
+    _stage(f"parameter identification through the instance optimisation ({settings['io_val_pairs']} validation "
+           "pairs)")
+    if not (choice / "parameters.csv").is_file():
+        _check(identify_main([*common, "--split", "val", "--max-pairs", str(settings["io_val_pairs"]),
+                              "--global-model", global_checkpoint, "--score-with", "instance", "--criterion", "tre",
+                              "--grid-step", str(settings["io_grid_step"]), "--figures", "0", *steps,
+                              "--out", str(choice)]), "identification through the instance optimisation")
+    baseline = ["elastix"] if importlib.util.find_spec("itk") is not None else []
+    return ["identity", *baseline], [*steps, "--instance-parameters", str(choice / "parameters.csv")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

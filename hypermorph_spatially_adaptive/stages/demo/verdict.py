@@ -22,11 +22,15 @@ from ..parameter_table import POPULATION, read_parameters
 __all__ = ["DemoVerdict", "judge", "write_summary"]
 
 METHODS = ("global", "tissue_population", "tissue_subject")
+#: The instance-optimised methods and the classical baseline, shown when inference ran them.
+IO_METHODS = ("global+io", "tissue_population+io", "tissue_subject+io", "identity+io", "elastix")
+#: (method, baseline) pairs the summary answers when both were run.
+IO_QUESTIONS = (("tissue_population+io", "global+io"), ("tissue_population+io", "elastix"))
 #: Inference method name of the control: the spatial model at the global pair (demo.py passes it as literature).
 CONTROL = "literature"
 CONTROL_LABEL = "control: spatial model at the global pair"
 METRICS = (("epe_mm", "EPE (mm)", -1), ("tre_mm", "TRE (mm)", -1), ("dice_mean", "Dice", 1),
-           ("sdlogj", "SDlogJ", -1), ("folding_percent", "folding (%)", -1))
+           ("sdlogj", "SDlogJ", -1), ("folding_percent", "folding (%)", -1), ("runtime_s", "s per pair", -1))
 #: The phantom's tissues from stiffest to softest by nominal Young's modulus (background excluded).
 PHANTOM_STIFFNESS_ORDER = tuple(sorted((name for name in TISSUES if name != "background"),
                                        key=lambda name: -TISSUES[name]["E"]))
@@ -71,7 +75,7 @@ def _value(text: str) -> float:
 def judge(metrics_csv: str | Path, parameters_csv: str | Path) -> DemoVerdict:
     """Compare the methods of ``metrics_csv`` and rank the classes of ``parameters_csv`` by stiffness."""
     rows = _read_metrics(Path(metrics_csv))
-    methods = METHODS + ((CONTROL,) if CONTROL in rows else ())
+    methods = METHODS + ((CONTROL,) if CONTROL in rows else ()) + tuple(m for m in IO_METHODS if m in rows)
     means = {method: {key: nanmean([_value(r.get(key, "")) for r in rows[method]]) for key, _, _ in METRICS}
              for method in methods}
     table = read_parameters(parameters_csv)
@@ -111,6 +115,11 @@ def write_summary(metrics_csv: str | Path, parameters_csv: str | Path, out: str 
     for method, beats in verdict.tissue_beats_control.items():
         lines.append(f"- {method} beats the control on EPE: {_yes(beats['epe_mm'])}, on TRE: "
                      f"{_yes(beats['tre_mm'])}")
+    for method, baseline in IO_QUESTIONS:
+        if method in verdict.means and baseline in verdict.means:
+            answer = {key: _yes(verdict.means[method][key] < verdict.means[baseline][key])
+                      for key in ("epe_mm", "tre_mm")}
+            lines.append(f"- {method} beats {baseline} on EPE: {answer['epe_mm']}, on TRE: {answer['tre_mm']}")
     lines += ["", "global: the global model at the best global grid point; tissue_population: the spatial model with "
               "the per-class parameters chosen on the validation pairs; tissue_subject: the spatial model with "
               "parameters chosen on each test pair with its own labels (the labels that also score Dice, so its "
