@@ -5,6 +5,7 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
+import scipy.ndimage as ndi
 import torch
 
 from hypermorph_spatially_adaptive.data import phantom
@@ -297,6 +298,40 @@ def test_keypoints_lie_in_lungs_and_liver_and_obey_p_plus_u(subject2d):
     assert (moving_class == fixed_class).mean() >= 0.9
 
 
+@pytest.fixture(scope="module")
+def textures2d():
+    return {texture: phantom.generate_subject(2, (64, 64), seed=1, texture=texture) for texture in phantom.TEXTURES}
+
+
+def test_ct_texture_leaves_only_the_noise_in_the_liver_and_rich_about_doubles_it(textures2d):
+    # Measured on the rendered (noisy) image, away from the organ boundary (partial volume).
+    ratios = {}
+    for texture, s in textures2d.items():
+        core = ndi.binary_erosion(s["fixed_labels"] == 4, iterations=2)
+        assert core.sum() > 100
+        ratios[texture] = s["fixed"][core].std() / 20.0
+    assert ratios["ct"] < 1.3
+    assert 1.6 < ratios["rich"] < 3.0
+
+
+def test_ct_texture_renders_the_published_intensities_and_keeps_the_subject(textures2d):
+    ct, rich = textures2d["ct"], textures2d["rich"]
+    labels, image = ct["fixed_labels"], ct["fixed_clean"]
+    for cls, hu in ((1, phantom.HU_CT["soft_tissue"]), (4, phantom.HU_CT["liver"])):
+        core = ndi.binary_erosion(labels == cls, iterations=2)
+        assert np.mean(np.abs(image[core] - hu) < 1.0) > 0.95  # soft tissue holds the fat rim too
+    bone = labels == 3
+    marrow = ndi.binary_erosion(bone, border_value=1)
+    assert marrow.any() and np.median(image[marrow]) < np.median(image[bone & ~marrow]) - 200
+    assert image[labels == 2].std() > 100  # lung vessels remain
+    # The regimes differ only in the images.
+    for key in ("fixed_labels", "moving_labels", "displacement", "fixed_keypoints"):
+        assert np.array_equal(ct[key], rich[key]), key
+    assert ct["stiffness_factors"] == rich["stiffness_factors"]
+    with pytest.raises(ValueError, match="texture"):
+        phantom.generate_subject(2, (32, 32), texture="mri")
+
+
 def test_2d_128_subject_generates_quickly():
     start = time.perf_counter()
     s = phantom.generate_subject(2, (128, 128), seed=5)
@@ -457,6 +492,14 @@ def test_cli_main_writes_a_dataset(tmp_path):
     assert all(s["load"]["max_displacement_vox"] <= 1.5 for s in meta["subjects"].values())
     config = json.loads((root / "phantom_config.json").read_text())
     assert config["max_displacement"] == 1.5 and "--subjects" in config["command"]
+    assert config["texture"] == "rich" and meta["texture"] == "rich"
+
+
+def test_cli_texture_is_recorded(tmp_path):
+    root = tmp_path / "ct"
+    assert phantom.main(["--out", str(root), "--subjects", "1", "--size", "24", "--texture", "ct", "--quiet"]) == 0
+    config = json.loads((root / "phantom_config.json").read_text())
+    assert config["texture"] == "ct" and config["hu"] == phantom.HU_CT
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -465,6 +508,7 @@ def test_cli_main_writes_a_dataset(tmp_path):
     (["--spacing", "0"], "spacing"),
     (["--subjects", "3", "--val", "2", "--test", "1"], "val"),
     (["--max-displacement", "-1"], "--max-displacement"),
+    (["--texture", "mri"], "--texture"),
 ])
 def test_cli_rejects_bad_arguments_before_any_work(tmp_path, capsys, argv, message):
     root = tmp_path / "bad"

@@ -40,3 +40,23 @@ def test_no_finite_value_gives_nan():
     assert math.isnan(estimate.mean) and estimate.n == 0
     assert hierarchical_bootstrap([[1.0, 1.0]]).excludes_zero()
     assert not hierarchical_bootstrap([[-1.0, 1.0]]).excludes_zero()
+
+
+def test_one_seed_resamples_its_pairs():
+    estimate = hierarchical_bootstrap([[0.0, 1.0, 2.0, 3.0]], resamples=500)
+    assert estimate.high - estimate.low > 0.5
+
+
+def test_equal_group_means_with_spread_inside_still_give_an_interval():
+    estimate = hierarchical_bootstrap([[0.0, 2.0], [0.0, 2.0], [0.0, 2.0]], resamples=500)
+    assert estimate.mean == pytest.approx(1.0) and estimate.high - estimate.low > 0.3
+
+
+def test_the_level_is_the_coverage_asked_for():
+    values = np.random.default_rng(3).standard_normal(400)
+    expected = 1.96 * values.std(ddof=1) / math.sqrt(values.size)
+    estimate = hierarchical_bootstrap([list(values)], resamples=4000, level=0.95)
+    half_width = (estimate.high - estimate.low) / 2.0
+    assert half_width == pytest.approx(expected, rel=0.1)
+    ninety = hierarchical_bootstrap([list(values)], resamples=4000, level=0.90)
+    assert (ninety.high - ninety.low) / 2.0 == pytest.approx(1.645 / 1.96 * expected, rel=0.1)

@@ -6,13 +6,41 @@ and its affine says so. Classes
 (:data:`CLASS_NAMES`): 0 background (air), 1 soft_tissue, 2 lung, 3 bone, 4 liver. Materials (:data:`TISSUES`,
 Young's modulus E in kPa, Poisson ratio nu): bone 1000/0.3 >> liver 30/0.4 > soft tissue 10/0.3 > lung 2/0.3 > air
 1/0.1. Air is a very soft compressible material (not a void), so the body can expand into it.
+
+Two image regimes (:data:`TEXTURES`, :func:`render`) draw the same random fields, so a subject differs between them
+only in its image. ``rich``: texture well above the noise in every tissue (muscle fibres, fat septa, liver
+vessels, as in contrast-enhanced CT; intensities :data:`HU`). ``ct``: non-contrast CT as in NLST or Lung CT
+(intensities :data:`HU_CT`): soft tissue, fat and liver homogeneous, so only the image noise remains there; lung
+parenchyma with vessels (as in ``rich``); bone with a compact cortex (its outer voxel layer) around marrow. The
+values, from published CT measurements:
+
+- air -1000 HU and water 0 HU define the scale;
+- fat -100 HU: the centre of the adipose window -150..-50 HU of Yoshizumi et al. 1999 (Radiology, standardized
+  measurement of abdominal fat at CT);
+- skeletal muscle (soft tissue) 45 HU: within the muscle window -29..150 HU of Mitsiopoulos et al. 1998 (J Appl
+  Physiol, cadaver validation of muscle measurement by CT) and the 40-50 HU mean attenuation of normal muscle
+  in Goodpaster et al. 2000 (J Appl Physiol, muscle attenuation and lipid content);
+- liver 60 HU: normal unenhanced liver is 55-65 HU, about 10 HU above the spleen; steatosis lowers it below
+  40 HU (Kodama et al. 2007, AJR, CT methods for hepatic fat content);
+- lung parenchyma -860 HU: healthy lung lies well above the -950 HU emphysema threshold of Gevenois et al. 1996
+  (Am J Respir Crit Care Med, CT densitometry against morphometry), near -850 HU at inspiration; the vessels
+  (unenhanced blood ~40 HU) reach -80 HU in a voxel larger than they are (partial volume);
+- bone: marrow (trabecular bone) 200 HU, above the 160 HU below which Pickhardt et al. 2013 (Ann Intern Med,
+  opportunistic osteoporosis screening at CT) find vertebral trabecular bone osteoporotic; cortex 1000 HU, the
+  lower end of compact bone (>= 1000 HU), as a voxel of cortex partly fills with marrow;
+- noise: filtered back-projection chest CT at routine dose has a noise of 30-38 HU in fat and aorta, 47-60 HU
+  at half the dose (den Harder et al. 2018, Eur Radiol Exp, emphysema quantification under dose reduction),
+  at about 1 mm; averaged over a 2 mm voxel (4-8 such voxels) that is 15-30 HU, so the phantom's default noise
+  (``noise_std`` of :func:`.subject.generate_subject`, 20 HU, added after rendering) serves both regimes.
+
+The dataset maps HU to [0, 1] through the window -1000..1000 HU for both regimes.
 """
 from __future__ import annotations
 
 import numpy as np
 import scipy.ndimage as ndi
 
-__all__ = ["CLASS_NAMES", "TISSUES", "HU", "anatomy", "render", "place_keypoints"]
+__all__ = ["CLASS_NAMES", "TISSUES", "HU", "HU_CT", "TEXTURES", "anatomy", "render", "place_keypoints"]
 
 CLASS_NAMES = ("background", "soft_tissue", "lung", "bone", "liver")
 
@@ -27,8 +55,15 @@ TISSUES: dict[str, dict[str, float]] = {
     "liver": {"E": 30.0, "nu": 0.4},
 }
 
-#: Mean intensities (HU) of the rendered tissues.
+#: Mean intensities (HU) of the rendered tissues in the ``rich`` regime.
 HU = {"air": -1000.0, "fat": -90.0, "soft_tissue": 40.0, "lung": -860.0, "bone": 650.0, "liver": 60.0}
+
+#: Intensities (HU) of the ``ct`` regime (non-contrast CT; sources in the module docstring).
+HU_CT = {"air": -1000.0, "fat": -100.0, "soft_tissue": 45.0, "lung": -860.0, "bone_marrow": 200.0,
+         "bone_cortex": 1000.0, "liver": 60.0}
+
+#: Image regimes of :func:`render`.
+TEXTURES = ("rich", "ct")
 
 
 def _wobble(coords: dict[str, np.ndarray], rng: np.random.Generator, amplitude: float, terms: int = 3) -> np.ndarray:
@@ -142,25 +177,36 @@ def _vessels(rng: np.random.Generator, shape: tuple[int, ...], sigma: float, wid
     return np.exp(-0.5 * squared / width ** 2)
 
 
-def render(labels: np.ndarray, regions: dict[str, np.ndarray],
-            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Noise-free CT-like image (HU, float64) and the lung vessel map used to place keypoints."""
+def render(labels: np.ndarray, regions: dict[str, np.ndarray], rng: np.random.Generator,
+           texture: str = "rich") -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free CT-like image (HU, float64) in the regime ``texture`` (:data:`TEXTURES`) and the lung vessel map
+    used to place keypoints. Both regimes draw the same fields from ``rng``, so what follows is the same."""
+    if texture not in TEXTURES:
+        raise ValueError(f"texture must be one of {TEXTURES}, got {texture!r}")
     shape = labels.shape
     wide = 2.0 if len(shape) == 3 else 1.0  # 3D tubes need a wider band to be about as dense as 2D curves
     lung_vessels = np.maximum(0.6 * _vessels(rng, shape, 1.5, 0.3 * wide), _vessels(rng, shape, 3.0, 0.25 * wide))
-    image = np.full(shape, HU["air"])
-    soft = labels == 1
-    # Texture (muscle fibres, fat septa, liver vessels) well above the image noise, so that motion inside the
-    # soft tissues is visible in the images, as it is in contrast-enhanced CT.
-    image[soft] = (HU["soft_tissue"] + 50.0 * _noise(rng, shape, 1.5))[soft]
-    fat = regions["fat"]
-    image[fat] = (HU["fat"] + 30.0 * _noise(rng, shape, 1.5))[fat]
-    lung = labels == 2
-    image[lung] = (HU["lung"] + 20.0 * _noise(rng, shape, 1.0) + 780.0 * lung_vessels)[lung]
-    liver = labels == 4
-    image[liver] = (HU["liver"] + 25.0 * _noise(rng, shape, 1.5) + 100.0 * _vessels(rng, shape, 2.5, 0.25))[liver]
+    # The rich regime's texture (muscle fibres, fat septa, liver vessels) well above the image noise, so that
+    # motion inside the soft tissues is visible in the images, as it is in contrast-enhanced CT.
+    terms = {"soft_tissue": [50.0 * _noise(rng, shape, 1.5)], "fat": [30.0 * _noise(rng, shape, 1.5)],
+             "lung": [20.0 * _noise(rng, shape, 1.0), 780.0 * lung_vessels]}
+    terms["liver"] = [25.0 * _noise(rng, shape, 1.5), 100.0 * _vessels(rng, shape, 2.5, 0.25)]
+    terms["bone"] = [120.0 * _noise(rng, shape, 1.0)]
     bone = labels == 3
-    image[bone] = (HU["bone"] + 120.0 * _noise(rng, shape, 1.0))[bone]
+    if texture == "rich":
+        tissue_hu = {name: sum(terms[name], HU[name]) for name in terms}
+    else:
+        # Homogeneous soft tissue, fat and liver; the lungs as in ``rich``; cortex (bone voxels with a face
+        # neighbour outside the bone) around marrow.
+        marrow = ndi.binary_erosion(bone, border_value=1)
+        tissue_hu = {name: HU_CT[name] for name in ("soft_tissue", "fat", "liver")}
+        tissue_hu["lung"] = sum(terms["lung"], HU_CT["lung"])
+        tissue_hu["bone"] = np.where(marrow, HU_CT["bone_marrow"], HU_CT["bone_cortex"])
+    image = np.full(shape, HU["air"])
+    for name, where in (("soft_tissue", labels == 1), ("fat", regions["fat"]), ("lung", labels == 2),
+                        ("liver", labels == 4), ("bone", bone)):
+        value = tissue_hu[name]
+        image[where] = value[where] if isinstance(value, np.ndarray) else value
     # Partial-volume blur of the sharp label edges.
     return ndi.gaussian_filter(image, 0.6), lung_vessels
 

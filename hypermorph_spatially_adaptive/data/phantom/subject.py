@@ -16,7 +16,7 @@ import torch
 
 from ...core.tensors import check_spacing
 from ...core.transform import sample_at_points, warp
-from .anatomy import CLASS_NAMES, TISSUES, anatomy, place_keypoints, render
+from .anatomy import CLASS_NAMES, TEXTURES, TISSUES, anatomy, place_keypoints, render
 from .elasticity import inverse_consistency, invert_displacement, lame_from_young, solve_elasticity
 
 __all__ = ["check_grid", "default_max_displacement", "generate_subject"]
@@ -56,7 +56,7 @@ def default_max_displacement(shape: Sequence[int]) -> float:
 def generate_subject(ndim: int = 2, shape: Sequence[int] | None = None, spacing: Sequence[float] | None = None,
                      seed: int | np.random.Generator | None = 0, max_displacement: float | None = None,
                      noise_std: float = 20.0, keypoints: int | None = None, stiffness_range: tuple = (0.5, 2.0),
-                     solver: str = "auto") -> dict[str, Any]:
+                     solver: str = "auto", texture: str = "rich") -> dict[str, Any]:
     """One random subject: anatomy, tissue materials, breathing load, true displacement and the image pair.
 
     ``shape`` defaults to 96x96 (2D) or 48^3 (3D), ``spacing`` to 2 mm. ``max_displacement`` (voxels; default
@@ -64,7 +64,8 @@ def generate_subject(ndim: int = 2, shape: Sequence[int] | None = None, spacing:
     ``U(0.6, 1) * max_displacement``. ``noise_std`` (HU) is added independently to fixed and moving after
     warping. ``keypoints`` (default 60 in 2D, 200 in 3D) point pairs, fewer only if lungs and liver are too
     small on a very coarse grid. Stiffness factors per tissue are log-uniform in ``stiffness_range``.
-    ``seed``: an int or a ``numpy.random.Generator``; equal seeds give identical subjects.
+    ``seed``: an int or a ``numpy.random.Generator``; equal seeds give identical subjects. ``texture``: the image
+    regime of :func:`.anatomy.render` (``rich`` or ``ct``); the two regimes of a seed differ only in the images.
 
     Returns a dict of numpy arrays and metadata:
     ``fixed``, ``moving``, ``fixed_clean``, ``moving_clean`` (noise-free): float32 ``[*S]``, HU;
@@ -89,10 +90,12 @@ def generate_subject(ndim: int = 2, shape: Sequence[int] | None = None, spacing:
     low, high = (float(v) for v in stiffness_range)
     if not 0 < low <= high:
         raise ValueError(f"stiffness_range must be (low, high) with 0 < low <= high, got {stiffness_range!r}")
+    if texture not in TEXTURES:
+        raise ValueError(f"texture must be one of {TEXTURES}, got {texture!r}")
     rng = _resolve_rng(seed)
 
     labels, regions = anatomy(shape, rng)
-    fixed_clean, vessels = render(labels, regions, rng)
+    fixed_clean, vessels = render(labels, regions, rng, texture)
 
     factors = {"background": 1.0}
     for name in CLASS_NAMES[1:]:

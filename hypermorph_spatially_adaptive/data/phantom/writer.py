@@ -22,7 +22,7 @@ import numpy as np
 import scipy
 import torch
 
-from .anatomy import CLASS_NAMES, HU, TISSUES
+from .anatomy import CLASS_NAMES, HU, HU_CT, TEXTURES, TISSUES
 from .elasticity import SOLVERS, lame_from_young
 from .subject import check_grid, default_max_displacement, generate_subject
 
@@ -85,7 +85,7 @@ def write_dataset(out: str | Path, ndim: int = 2, subjects: int = 10, shape: Seq
                   spacing: Sequence[float] | None = None, seed: int = 0, val: int | None = None,
                   test: int | None = None, max_displacement: float | None = None, noise_std: float = 20.0,
                   keypoints: int | None = None, solver: str = "auto", overwrite: bool = False,
-                  progress: bool = True, extra_config: dict | None = None) -> Path:
+                  progress: bool = True, extra_config: dict | None = None, texture: str = "rich") -> Path:
     """Write a phantom dataset of ``subjects`` pairs to ``out`` in the NLST-like ``PHANTOM`` layout; return ``out``.
 
     Case ``XXXX`` (``0001``...) is :func:`generate_subject` with seed ``(seed, case number)``, so a case does not
@@ -94,11 +94,15 @@ def write_dataset(out: str | Path, ndim: int = 2, subjects: int = 10, shape: Seq
     ``out`` is refused unless ``overwrite``. ``PHANTOM_dataset.json`` describes the dataset (pair lists,
     nominal materials, per-subject stiffness factors and load); ``phantom_config.json`` holds every option.
     Files: images float32 HU, masks and labels uint8, keypoints CSV, true displacement float32 ``[*S, ndim]``.
+    ``texture`` is the image regime (``rich`` or ``ct``, :mod:`.anatomy`); for a seed the two regimes write the
+    same anatomy, materials, motion and keypoints, and differ only in the images.
     """
     shape, spacing = check_grid(ndim, shape, spacing)
     n_train, n_val, n_test = split_sizes(subjects, val, test)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if texture not in TEXTURES:
+        raise ValueError(f"texture must be one of {TEXTURES}, got {texture!r}")
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     max_displacement = default_max_displacement(shape) if max_displacement is None else float(max_displacement)
@@ -118,7 +122,8 @@ def write_dataset(out: str | Path, ndim: int = 2, subjects: int = 10, shape: Seq
         "generator_version": GENERATOR_VERSION, "ndim": ndim, "subjects": int(subjects), "shape": list(shape),
         "spacing": list(spacing), "seed": int(seed), "val": n_val, "test": n_test,
         "max_displacement": max_displacement, "noise_std": float(noise_std), "keypoints": int(keypoints),
-        "solver": solver, "stiffness_range": [0.5, 2.0], "tissues": TISSUES, "hu": HU,
+        "solver": solver, "texture": texture, "stiffness_range": [0.5, 2.0], "tissues": TISSUES,
+        "hu": HU if texture == "rich" else HU_CT,
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
                      "torch": torch.__version__},
         **(extra_config or {}),
@@ -134,7 +139,7 @@ def write_dataset(out: str | Path, ndim: int = 2, subjects: int = 10, shape: Seq
             split = "train" if number <= n_train else ("val" if number <= n_train + n_val else "test")
             subject = generate_subject(ndim, shape, spacing, np.random.default_rng([seed, number]),
                                        max_displacement=max_displacement, noise_std=noise_std,
-                                       keypoints=keypoints, solver=solver)
+                                       keypoints=keypoints, solver=solver, texture=texture)
             for index, side in (("0000", "fixed"), ("0001", "moving")):
                 name = f"PHANTOM_{case}_{index}"
                 _nifti(subject[side].astype(np.float32), spacing).to_filename(tmp / "imagesTr" / f"{name}.nii.gz")
@@ -167,6 +172,7 @@ def write_dataset(out: str | Path, ndim: int = 2, subjects: int = 10, shape: Seq
             "spacing": list(spacing),
             "labels": {str(i): name for i, name in enumerate(CLASS_NAMES)},
             "modality": {"0": "CT"},
+            "texture": texture,
             "numTraining": n_train,
             "training_paired_images": pairs["train"],
             "registration_val": pairs["val"],
@@ -225,6 +231,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="bound on the true displacement in voxels [default: 6%% of the smallest size]")
     parser.add_argument("--noise-std", type=float, default=20.0, help="image noise (HU), independent per image")
     parser.add_argument("--keypoints", type=int, default=None, help="keypoints per subject [default: 60 2D, 200 3D]")
+    parser.add_argument("--texture", choices=TEXTURES, default="rich",
+                        help="image regime: rich (texture in every tissue, as contrast-enhanced CT) or ct "
+                             "(non-contrast CT: homogeneous soft tissue, fat and liver)")
     parser.add_argument("--solver", choices=SOLVERS, default="auto", help="sparse solver of the elasticity system")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -256,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     out = write_dataset(args.out, ndim=args.ndim, subjects=args.subjects, shape=shape, spacing=spacing,
                         seed=args.seed, val=args.val, test=args.test, max_displacement=args.max_displacement,
-                        noise_std=args.noise_std, keypoints=args.keypoints, solver=args.solver,
+                        noise_std=args.noise_std, keypoints=args.keypoints, solver=args.solver, texture=args.texture,
                         overwrite=args.overwrite, progress=not args.quiet,
                         extra_config={"command": [Path(sys.argv[0]).name] + list(argv if argv is not None
                                                                                  else sys.argv[1:])})
