@@ -398,3 +398,83 @@ def test_two_trainings_into_one_folder_one_refuses_and_the_other_is_intact(phant
         with (out / "train_log.csv").open() as handle:
             assert [int(row["step"]) for row in csv.DictReader(handle)] == [1, 2, 3, 4, 5, 6]
         assert checkpoint["step"] == 6 and not (out / LOCK_NAME).exists()
+
+
+# -- checkpoints cannot run code ---------------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickled, it would create the file ``marker`` (``open(marker, "w")``)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _crafted_checkpoint(path, marker):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": "hypermorph-v2", "model_config": _Payload(marker), "model_state": {}, "step": 0}, path)
+    return path
+
+
+def test_no_module_of_the_package_unpickles_arbitrary_objects():
+    package = REPO / "hypermorph_spatially_adaptive"
+    offenders = [str(path.relative_to(REPO)) for path in package.rglob("*.py")
+                 if "weights_only=False" in path.read_text()]
+    assert not offenders
+
+
+def _pickle_case(where, runs, data, tmp):
+    """(main, argv, the crafted file) for a crafted checkpoint read by ``where``."""
+    from hypermorph_spatially_adaptive.stages import locality
+
+    marker, evil = tmp / "marker", tmp / "evil" / "last.pt"
+    out = tmp / "run"
+    if where == "training --resume":
+        _copy(runs["training"], out)
+        return MAINS["train"], _train_argv(data, out, "--resume", "--steps", "4"), \
+            _crafted_checkpoint(out / "checkpoints" / "last.pt", marker)
+    _crafted_checkpoint(evil, marker)
+    if where == "training --init-from":
+        return lambda argv: training.main("spatial", argv), _train_argv(data, out, "--init-from", str(evil)), evil
+    if where == "identification --global-model":
+        return MAINS["identify"], _identify_argv(data, evil, out), evil
+    if where in ("inference --spatial-model", "inference --global-model"):
+        kind = where.split("--")[1].split("-")[0]
+        return MAINS["infer"], _infer_argv(data, {**runs, kind: evil}, out), evil
+    if where == "locality --spatial-model":
+        return locality.main, ["--data-root", str(data), "--spatial-model", str(evil), "--device", "cpu",
+                               "--out", str(out)], evil
+    raise AssertionError(where)
+
+
+@pytest.mark.parametrize("where", ["training --resume", "training --init-from", "identification --global-model",
+                                   "inference --spatial-model", "inference --global-model",
+                                   "locality --spatial-model"])
+def test_a_crafted_pickle_where_a_stage_reads_a_checkpoint_runs_no_code_and_exits_2_naming_it(where, runs,
+                                                                                               phantom_root,
+                                                                                               tmp_path, capsys):
+    main, argv, evil = _pickle_case(where, runs, phantom_root, tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert str(evil) in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "marker").exists()
+
+
+def test_a_crafted_pickle_in_a_study_rerun_runs_no_code_and_exits_2_naming_it(tmp_path, monkeypatch, capsys):
+    from hypermorph_spatially_adaptive.stages import study
+    from hypermorph_spatially_adaptive.stages.study import presets
+
+    monkeypatch.setitem(presets.PRESETS, "tiny", dict(
+        seeds=(1,), ndim=2, size=32, subjects=6, val=1, test=1, global_steps=4, paper_steps=2, batch_size=2, lr=1e-3,
+        enc_features=[4, 8], dec_features=[8, 8, 4], hyper_layers=2, hyper_units=16, grid_step=0.5, jobs=1))
+    out = tmp_path / "runs"
+    evil = _crafted_checkpoint(out / "tiny" / "seed1" / "global" / "checkpoints" / "last.pt", tmp_path / "marker")
+    with pytest.raises(SystemExit) as exit_info:
+        study.main(["--preset", "tiny", "--out", str(out), "--report", str(tmp_path / "STUDY.md"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert str(evil) in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "marker").exists()
