@@ -103,6 +103,31 @@ def _unwritable(tmp_path):
     return locked / "run"
 
 
+PHANTOM_CLASSES = '["background", "soft_tissue", "lung", "bone", "liver"]'
+
+
+def _pairs_csv(data, tmp, **cells):
+    """A pairs CSV of the phantom's first pair (absolute paths) with ``cells`` replacing or adding columns."""
+    row = {"fixed": data / "imagesTr" / "PHANTOM_0001_0000.nii.gz", "moving": data / "imagesTr" /
+           "PHANTOM_0001_0001.nii.gz", "fixed_labels": data / "labelsTr" / "PHANTOM_0001_0000.nii.gz",
+           "moving_labels": data / "labelsTr" / "PHANTOM_0001_0001.nii.gz", **cells}
+    path = tmp / "pairs.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(row))
+        writer.writeheader()
+        writer.writerow(row)
+    return path
+
+
+def _pairs_argv(pairs):
+    return ["--dataset", "pairs", "--pairs-csv", str(pairs), "--dataset-option", f"class_names={PHANTOM_CLASSES}"]
+
+
+def _identify_pairs_argv(pairs, model, out, *extra):
+    argv = _identify_argv("unused", model, out, *extra)
+    return _pairs_argv(pairs) + argv[2:]
+
+
 # Each case: (stage, argv, the text the one-line error must contain); it may prepare files under tmp_path.
 def _case(name, runs, data, tmp):
     out = tmp / "run"
@@ -218,6 +243,11 @@ def _case(name, runs, data, tmp):
         copy = _copy_data(data, tmp)
         _edit_description(copy, lambda d: d["registration_test"].append(d["registration_test"][0]))
         return "infer", _infer_argv(copy, runs, out), "listed more than once"
+    if name.startswith("pair_id "):
+        pair_id = {"pair_id leading out of --out": "../../other_run/parameters",
+                   "pair_id absolute": str(tmp / "elsewhere")}[name]
+        return "identify", _identify_pairs_argv(_pairs_csv(data, tmp, pair_id=pair_id), runs["global"], out), \
+            f"pairs.csv, line 2: pair id {pair_id!r}"
     raise AssertionError(name)
 
 
@@ -245,7 +275,7 @@ CASES = ["resume training with another --data-root", "resume training with anoth
          "pair entry number", "pair entry null", "pair entry a number as file", "pair path absolute",
          "pair path with ..", "parameters.csv row with too few fields", "--resume from a model.save file",
          "checkpoint config of an absurd size", "--ncc-window 4", "--val-max-pairs 0", "--val-split typo",
-         "pairs listed twice (inference)"]
+         "pairs listed twice (inference)", "pair_id leading out of --out", "pair_id absolute"]
 
 
 def _digest(path):
@@ -398,6 +428,15 @@ def test_two_trainings_into_one_folder_one_refuses_and_the_other_is_intact(phant
         with (out / "train_log.csv").open() as handle:
             assert [int(row["step"]) for row in csv.DictReader(handle)] == [1, 2, 3, 4, 5, 6]
         assert checkpoint["step"] == 6 and not (out / LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("pair_id", ["..", ".", "a/b", "a\\b", "a\0b", "/abs"])
+def test_a_pair_id_that_is_not_one_plain_file_name_is_refused_naming_the_csv_line(pair_id, phantom_root, tmp_path):
+    from hypermorph_spatially_adaptive.data.pair_list import PairListDataset
+
+    with pytest.raises(ValueError, match="pairs.csv, line 2: pair id .* file name"):
+        PairListDataset(_pairs_csv(phantom_root, tmp_path, pair_id=pair_id), "val",
+                        class_names=json.loads(PHANTOM_CLASSES))
 
 
 # -- checkpoints cannot run code ---------------------------------------------------------------------------------
