@@ -50,6 +50,16 @@ class _ListedPair:
     slice_axis: int | None = None  # array axis removed in a 2D output; None for a 3D output
 
 
+def _unsafe_id(pair_id: str) -> str | None:
+    """Why ``pair_id`` cannot be one component of a file name, or None when it can."""
+    if pair_id in ("", ".", ".."):
+        return "is not a file name"
+    for character, name in (("/", "a slash"), ("\\", "a backslash"), ("\0", "a NUL character")):
+        if character in pair_id:
+            return f"contains {name}"
+    return None
+
+
 def read_class_names(path: str | Path) -> tuple[str, ...]:
     """Class names from a small JSON file: a list (class 0 first), a mapping ``{"0": "background", ...}``, or an
     object with such a ``labels`` entry (as a Learn2Reg ``*_dataset.json``)."""
@@ -88,10 +98,13 @@ class PairListDataset(PairDataset):
     ``moving_keypoints``                (i, j, k) of their own image (``keypoint_units``; both or neither)
     ``split``                           ``train``, ``val`` or ``test``; without the column every pair is in every
                                         split (the same pairs train, choose parameters and are registered)
-    ``pair_id``                         unique id (default ``<fixed name>_<moving name>`` without the endings)
+    ``pair_id``                         unique id (default ``<fixed name>_<moving name>`` without the endings);
+                                        it names output files, so it is one plain file name (no ``/``, ``\\``
+                                        or NUL, not ``.`` or ``..``)
     ==================================  ===========================================================================
 
-    Relative paths are resolved against the CSV's folder. Options: ``class_names`` (a list, class 0 first) or
+    Relative paths are resolved against the CSV's folder; they may lead out of it with ``..`` (the CSV is the
+    user's own list of files, unlike a dataset description, whose paths must stay inside its root). Options: ``class_names`` (a list, class 0 first) or
     ``classes_json`` (a JSON list or ``{"0": name, ...}``, relative to the CSV's folder) name the label values;
     they are required when the pairs have label maps. ``intensity`` scales each image to [0, 1]: ``ct`` (HU
     clipped to ``hu_window``, default [-1000, 1000]), ``mr`` (``percentiles``, default 1st/99th) or ``none``.
@@ -192,6 +205,10 @@ class PairListDataset(PairDataset):
                 raise ValueError(f"{self.csv_path}, line {line}: split must be one of {SPLITS}, got {split!r}")
             pair_id = cells.get("pair_id") or \
                 f"{image_io.strip_suffix(files['fixed'])}_{image_io.strip_suffix(files['moving'])}"
+            problem = _unsafe_id(pair_id)
+            if problem:
+                raise ValueError(f"{self.csv_path}, line {line}: pair id {pair_id!r} {problem}; ids name the "
+                                 f"stages' output files, so each must be one plain file name")
             if pair_id in seen:
                 raise ValueError(f"{self.csv_path}, line {line}: pair id {pair_id!r} is also on line {seen[pair_id]}; "
                                  f"ids must be unique (add a pair_id column)")

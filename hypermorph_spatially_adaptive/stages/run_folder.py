@@ -1,10 +1,12 @@
 """Output folders of the stages: one run at a time, one stage per folder, and ``--resume`` only of the same run.
 
-- :class:`OutputLock`: an exclusive ``fcntl.flock`` on ``OUT/.lock``, taken before a stage checks or writes
-  anything. A second run into the folder fails at once, naming the folder and the holder's PID. The kernel drops
-  the lock when its process ends, however it ends, so a folder is never locked by a killed run: the next run takes
-  it over. The lock file exists only while a run holds it, and a run that fails before writing anything leaves
-  no folder behind.
+- :class:`OutputLock`: an exclusive ``fcntl.flock`` on the folder itself and on ``OUT/.lock`` (which holds the
+  holder's PID), taken before a stage checks or writes anything. A second run into the folder fails at once,
+  naming the folder and the holder's PID, even when the live ``.lock`` was deleted. The kernel drops the locks
+  when their process ends, however it ends, so a folder is never locked by a killed run: the next run takes it
+  over. ``.lock`` is opened without following links, must be a regular file, and is written only by the run that
+  holds it; it is removed on every exit (SIGTERM included) and a run that fails before writing anything leaves no
+  folder behind.
 - ``OUT/run.json`` (:func:`run_record`, :func:`record_run`): the stage that owns the folder, the options that
   determine its results and the identity (size, sha256) of every input checkpoint or parameters file. Another
   stage refuses the folder (:func:`check_owner`); ``--resume`` refuses a run that differs in any of them
@@ -12,10 +14,14 @@
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import signal
+import stat
+import threading
 from pathlib import Path
 from typing import Any, Collection, Mapping
 
@@ -37,6 +43,18 @@ def _holder(fd: int) -> str:
     os.lseek(fd, 0, os.SEEK_SET)
     text = os.read(fd, 64).decode(errors="replace").strip()
     return text if text.isdigit() else "unknown"
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` (not followed if a link) still names the file open as ``fd``."""
+    try:
+        return os.path.samestat(os.lstat(path), os.fstat(fd))
+    except FileNotFoundError:
+        return False
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _alive(pid: str) -> bool:
@@ -62,6 +80,9 @@ class OutputLock:
         self.path = self.folder / LOCK_NAME
         self.taken_over: str | None = None  # PID of a dead process whose lock file this lock took over
         self._fd: int | None = None
+        self._folder_fd: int | None = None
+        self._owner: int | None = None
+        self._previous_handler: Any = None
         self._created: list[Path] = []
 
     def _make_folders(self) -> None:
@@ -86,39 +107,107 @@ class OutputLock:
         for _ in range(20):  # a folder or lock file removed by a finishing holder meanwhile: try again
             self._make_folders()
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except FileNotFoundError:
-                continue
-            except OSError as error:
+                folder_fd = self._lock_folder()
+                if folder_fd is None:
+                    continue
+                try:
+                    fd = self._lock_file()
+                except BaseException:
+                    os.close(folder_fd)
+                    raise
+            except ValueError:
                 self._remove_created()
-                raise ValueError(f"{self.flag} {self.folder}: cannot write in this folder ({error.strerror})") \
-                    from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _holder(fd)
-                os.close(fd)
-                self._remove_created()
-                alive = holder == "unknown" or _alive(holder)
-                raise ValueError(
-                    f"{self.flag} {self.folder} is in use by another run (process {holder}"
-                    f"{'' if alive else ', ended: its data-loading workers are still stopping'}); wait for it to "
-                    f"finish or choose another {self.flag}") from None
-            try:
-                same = os.path.samestat(os.stat(self.path), os.fstat(fd))
-            except FileNotFoundError:
-                same = False
-            if not same:  # its previous holder removed this file after we opened it: lock the current one
-                os.close(fd)
+                raise
+            if fd is None:
+                os.close(folder_fd)
                 continue
             previous = _holder(fd)
             if previous != "unknown" and int(previous) != os.getpid():
                 self.taken_over = previous  # its process died without releasing (the kernel released the flock)
-            os.ftruncate(fd, 0)
+            os.ftruncate(fd, 0)  # only now: this process holds the lock
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            self._fd = fd
+            self._fd, self._folder_fd, self._owner = fd, folder_fd, os.getpid()
+            self._stop_on_sigterm()
             return self
         raise ValueError(f"{self.flag} {self.folder}: could not lock the folder (it keeps being removed)")
+
+    def _in_use(self, holder: str) -> ValueError:
+        alive = holder == "unknown" or _alive(holder)
+        return ValueError(
+            f"{self.flag} {self.folder} is in use by another run (process {holder}"
+            f"{'' if alive else ', ended: its data-loading workers are still stopping'}); wait for it to "
+            f"finish or choose another {self.flag}")
+
+    def _not_a_lock(self, what: str) -> ValueError:
+        return ValueError(f"{self.flag} {self.folder}: {self.path} is {what}, not a lock file; remove it or choose "
+                          f"another {self.flag}")
+
+    def _read_holder(self) -> str:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return "unknown"
+        try:
+            return _holder(fd) if stat.S_ISREG(os.fstat(fd).st_mode) else "unknown"
+        finally:
+            os.close(fd)
+
+    def _lock_folder(self) -> int | None:
+        """An ``flock`` on the folder itself, so that removing a live ``.lock`` lets no second run in: its fd, or
+        None when the folder was replaced meanwhile. Where folders cannot be locked (``flock`` emulated on some
+        network file systems), the lock file alone guards the folder."""
+        try:
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise ValueError(f"{self.flag} {self.folder}: cannot open the folder ({error.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._in_use(self._read_holder()) from None
+        except OSError as error:
+            if error.errno not in (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                os.close(fd)
+                raise ValueError(f"{self.flag} {self.folder}: cannot lock the folder ({error.strerror})") from None
+        if not _names(self.folder, fd):
+            os.close(fd)
+            return None
+        return fd
+
+    def _lock_file(self) -> int | None:
+        """The fd of ``.lock``, opened without following a link and ``flock``-ed; None when it was removed
+        meanwhile. Its content is left as it was (another run may hold it)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.EISDIR):
+                raise self._not_a_lock("a symbolic link" if error.errno == errno.ELOOP else "a folder") from None
+            raise ValueError(f"{self.flag} {self.folder}: cannot write in this folder ({error.strerror})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self._not_a_lock("not a regular file")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise self._in_use(holder) from None
+        if not _names(self.path, fd):  # its previous holder removed this file after we opened it
+            os.close(fd)
+            return None
+        return fd
+
+    def _stop_on_sigterm(self) -> None:
+        """In the main thread, turn SIGTERM into SystemExit while the lock is held, so that ``release`` runs (a
+        handler someone else installed is kept)."""
+        self._previous_handler = None
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     def _remove_created(self) -> None:
         for folder in reversed(self._created):
@@ -129,17 +218,18 @@ class OutputLock:
         self._created = []
 
     def release(self) -> None:
-        if self._fd is None:
+        if self._fd is None or self._owner != os.getpid():  # a forked child does not release its parent's lock
             return
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
         try:
-            if os.path.samestat(os.stat(self.path), os.fstat(self._fd)):
+            if _names(self.path, self._fd):
                 os.unlink(self.path)  # while still holding it: a waiting process then retries on a new file
-        except FileNotFoundError:
-            pass
         finally:
             os.close(self._fd)
             self._fd = None
         self._remove_created()
+        os.close(self._folder_fd)  # last: the folder is free once its lock file is gone
 
     def __enter__(self) -> "OutputLock":
         return self.acquire()

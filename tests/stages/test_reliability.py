@@ -103,6 +103,31 @@ def _unwritable(tmp_path):
     return locked / "run"
 
 
+PHANTOM_CLASSES = '["background", "soft_tissue", "lung", "bone", "liver"]'
+
+
+def _pairs_csv(data, tmp, **cells):
+    """A pairs CSV of the phantom's first pair (absolute paths) with ``cells`` replacing or adding columns."""
+    row = {"fixed": data / "imagesTr" / "PHANTOM_0001_0000.nii.gz", "moving": data / "imagesTr" /
+           "PHANTOM_0001_0001.nii.gz", "fixed_labels": data / "labelsTr" / "PHANTOM_0001_0000.nii.gz",
+           "moving_labels": data / "labelsTr" / "PHANTOM_0001_0001.nii.gz", **cells}
+    path = tmp / "pairs.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(row))
+        writer.writeheader()
+        writer.writerow(row)
+    return path
+
+
+def _pairs_argv(pairs):
+    return ["--dataset", "pairs", "--pairs-csv", str(pairs), "--dataset-option", f"class_names={PHANTOM_CLASSES}"]
+
+
+def _identify_pairs_argv(pairs, model, out, *extra):
+    argv = _identify_argv("unused", model, out, *extra)
+    return _pairs_argv(pairs) + argv[2:]
+
+
 # Each case: (stage, argv, the text the one-line error must contain); it may prepare files under tmp_path.
 def _case(name, runs, data, tmp):
     out = tmp / "run"
@@ -218,6 +243,11 @@ def _case(name, runs, data, tmp):
         copy = _copy_data(data, tmp)
         _edit_description(copy, lambda d: d["registration_test"].append(d["registration_test"][0]))
         return "infer", _infer_argv(copy, runs, out), "listed more than once"
+    if name.startswith("pair_id "):
+        pair_id = {"pair_id leading out of --out": "../../other_run/parameters",
+                   "pair_id absolute": str(tmp / "elsewhere")}[name]
+        return "identify", _identify_pairs_argv(_pairs_csv(data, tmp, pair_id=pair_id), runs["global"], out), \
+            f"pairs.csv, line 2: pair id {pair_id!r}"
     raise AssertionError(name)
 
 
@@ -245,7 +275,7 @@ CASES = ["resume training with another --data-root", "resume training with anoth
          "pair entry number", "pair entry null", "pair entry a number as file", "pair path absolute",
          "pair path with ..", "parameters.csv row with too few fields", "--resume from a model.save file",
          "checkpoint config of an absurd size", "--ncc-window 4", "--val-max-pairs 0", "--val-split typo",
-         "pairs listed twice (inference)"]
+         "pairs listed twice (inference)", "pair_id leading out of --out", "pair_id absolute"]
 
 
 def _digest(path):
@@ -398,3 +428,92 @@ def test_two_trainings_into_one_folder_one_refuses_and_the_other_is_intact(phant
         with (out / "train_log.csv").open() as handle:
             assert [int(row["step"]) for row in csv.DictReader(handle)] == [1, 2, 3, 4, 5, 6]
         assert checkpoint["step"] == 6 and not (out / LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("pair_id", ["..", ".", "a/b", "a\\b", "a\0b", "/abs"])
+def test_a_pair_id_that_is_not_one_plain_file_name_is_refused_naming_the_csv_line(pair_id, phantom_root, tmp_path):
+    from hypermorph_spatially_adaptive.data.pair_list import PairListDataset
+
+    with pytest.raises(ValueError, match="pairs.csv, line 2: pair id .* file name"):
+        PairListDataset(_pairs_csv(phantom_root, tmp_path, pair_id=pair_id), "val",
+                        class_names=json.loads(PHANTOM_CLASSES))
+
+
+# -- checkpoints cannot run code ---------------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickled, it would create the file ``marker`` (``open(marker, "w")``)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _crafted_checkpoint(path, marker):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": "hypermorph-v2", "model_config": _Payload(marker), "model_state": {}, "step": 0}, path)
+    return path
+
+
+def test_no_module_of_the_package_unpickles_arbitrary_objects():
+    package = REPO / "hypermorph_spatially_adaptive"
+    offenders = [str(path.relative_to(REPO)) for path in package.rglob("*.py")
+                 if "weights_only=False" in path.read_text()]
+    assert not offenders
+
+
+def _pickle_case(where, runs, data, tmp):
+    """(main, argv, the crafted file) for a crafted checkpoint read by ``where``."""
+    from hypermorph_spatially_adaptive.stages import locality
+
+    marker, evil = tmp / "marker", tmp / "evil" / "last.pt"
+    out = tmp / "run"
+    if where == "training --resume":
+        _copy(runs["training"], out)
+        return MAINS["train"], _train_argv(data, out, "--resume", "--steps", "4"), \
+            _crafted_checkpoint(out / "checkpoints" / "last.pt", marker)
+    _crafted_checkpoint(evil, marker)
+    if where == "training --init-from":
+        return lambda argv: training.main("spatial", argv), _train_argv(data, out, "--init-from", str(evil)), evil
+    if where == "identification --global-model":
+        return MAINS["identify"], _identify_argv(data, evil, out), evil
+    if where in ("inference --spatial-model", "inference --global-model"):
+        kind = where.split("--")[1].split("-")[0]
+        return MAINS["infer"], _infer_argv(data, {**runs, kind: evil}, out), evil
+    if where == "locality --spatial-model":
+        return locality.main, ["--data-root", str(data), "--spatial-model", str(evil), "--device", "cpu",
+                               "--out", str(out)], evil
+    raise AssertionError(where)
+
+
+@pytest.mark.parametrize("where", ["training --resume", "training --init-from", "identification --global-model",
+                                   "inference --spatial-model", "inference --global-model",
+                                   "locality --spatial-model"])
+def test_a_crafted_pickle_where_a_stage_reads_a_checkpoint_runs_no_code_and_exits_2_naming_it(where, runs,
+                                                                                               phantom_root,
+                                                                                               tmp_path, capsys):
+    main, argv, evil = _pickle_case(where, runs, phantom_root, tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert str(evil) in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "marker").exists()
+
+
+def test_a_crafted_pickle_in_a_study_rerun_runs_no_code_and_exits_2_naming_it(tmp_path, monkeypatch, capsys):
+    from hypermorph_spatially_adaptive.stages import study
+    from hypermorph_spatially_adaptive.stages.study import presets
+
+    monkeypatch.setitem(presets.PRESETS, "tiny", dict(
+        seeds=(1,), ndim=2, size=32, subjects=6, val=1, test=1, global_steps=4, paper_steps=2, batch_size=2, lr=1e-3,
+        enc_features=[4, 8], dec_features=[8, 8, 4], hyper_layers=2, hyper_units=16, grid_step=0.5, jobs=1))
+    out = tmp_path / "runs"
+    evil = _crafted_checkpoint(out / "tiny" / "seed1" / "global" / "checkpoints" / "last.pt", tmp_path / "marker")
+    with pytest.raises(SystemExit) as exit_info:
+        study.main(["--preset", "tiny", "--out", str(out), "--report", str(tmp_path / "STUDY.md"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert str(evil) in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "marker").exists()

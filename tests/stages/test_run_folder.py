@@ -145,3 +145,52 @@ def test_recording_a_run_removes_stale_temporaries_but_not_those_of_other_runs_i
     record_run(out, run_record("demo", {}))
     assert not any(path.exists() for path in stale)
     assert (out / "checkpoints" / ".last.pt.y.tmp").exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "folder", "fifo"])
+def test_a_lock_that_is_not_a_regular_file_is_refused_and_nothing_it_names_is_written(kind, tmp_path):
+    out, target = tmp_path / "run", tmp_path / "precious.txt"
+    out.mkdir()
+    target.write_text("keep me")
+    {"symlink": lambda p: p.symlink_to(target), "folder": lambda p: p.mkdir(), "fifo": os.mkfifo}[kind](
+        out / LOCK_NAME)
+    with pytest.raises(ValueError, match=rf"--out {out}: {out / LOCK_NAME} is (a symbolic link|a folder|not a regular file), not a lock file"):
+        OutputLock(out).acquire()
+    assert target.read_text() == "keep me"
+
+
+def test_a_refused_run_leaves_the_holders_lock_file_as_it_was(tmp_path):
+    out = tmp_path / "run"
+    with OutputLock(out):
+        with pytest.raises(ValueError, match="in use"):
+            OutputLock(out).acquire()
+        assert (out / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+
+
+def test_deleting_a_live_lock_file_lets_no_second_run_in(tmp_path):
+    out = tmp_path / "run"
+    with OutputLock(out):
+        (out / LOCK_NAME).unlink()
+        with pytest.raises(ValueError, match="is in use by another run"):
+            OutputLock(out).acquire()
+    with OutputLock(out):
+        pass
+
+
+def _hold_until_stopped(folder, ready):
+    with OutputLock(folder):
+        ready.set()
+        signal.pause()
+
+
+def test_a_holder_stopped_with_sigterm_removes_its_lock_file_and_the_folder_it_created(tmp_path):
+    out = tmp_path / "a" / "run"
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    holder = context.Process(target=_hold_until_stopped, args=(out, ready))
+    holder.start()
+    assert ready.wait(30)
+    os.kill(holder.pid, signal.SIGTERM)
+    holder.join(30)
+    assert holder.exitcode == 128 + signal.SIGTERM
+    assert not (tmp_path / "a").exists()

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ...data import phantom
-from ...models.checkpoints import read_checkpoint
+from ...models.checkpoints import RUN_CHECKPOINT, read_checkpoint
 from ..identification import main as identify_main
 from ..inference import main as infer_main
 from ..locality import main as locality_main
@@ -45,8 +45,8 @@ def _run(stage: str, main: Callable[[Sequence[str]], int], argv: list[str]) -> N
 
 
 def _train(model_type: str, out: Path, argv: list[str], steps: int) -> None:
-    if (out / "checkpoints" / "last.pt").is_file():
-        state = read_checkpoint(out / "checkpoints" / "last.pt")
+    if (out / RUN_CHECKPOINT).is_file():
+        state = read_checkpoint(out / RUN_CHECKPOINT)
         if int(state.get("step", -1)) >= steps:
             return
         argv = [*argv, "--resume"]
