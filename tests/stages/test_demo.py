@@ -1,5 +1,6 @@
 """The demo pipeline end to end at a tiny size: every stage's outputs exist and the verdict is computed."""
 import csv
+import importlib.util
 
 import pytest
 
@@ -7,7 +8,7 @@ from hypermorph_spatially_adaptive.stages.demo import pipeline as demo, verdict 
 from hypermorph_spatially_adaptive.stages.parameter_table import ParameterRow, write_parameters
 
 TINY = ["--size", "32", "--subjects", "6", "--val", "1", "--test", "1", "--steps", "4", "--batch-size", "2",
-        "--grid-step", "0.5", "--device", "cpu"]
+        "--grid-step", "0.5", "--device", "cpu", "--instance-steps", "5"]
 
 
 def test_tiny_demo_writes_every_stage_and_a_rerun_skips_finished_stages(tmp_path, capsys):
@@ -21,7 +22,10 @@ def test_tiny_demo_writes_every_stage_and_a_rerun_skips_finished_stages(tmp_path
         assert (out / path).is_file(), path
     with (out / "inference" / "metrics.csv").open() as handle:
         methods = {row["method"] for row in csv.DictReader(handle)}
-    assert methods == {"global", "tissue_population", "tissue_subject", "literature"}
+    baseline = {"elastix"} if importlib.util.find_spec("itk") is not None else set()  # the optional extra
+    assert methods == {"global", "tissue_population", "tissue_subject", "literature", "identity",
+                       "global+io", "tissue_population+io", "identity+io"} | baseline
+    assert "| tissue_population+io |" in (out / "demo_summary.md").read_text()
     summary = (out / "demo_summary.md").read_text()
     # The summary states the answer the metrics give, whichever it is.
     verdict = demo_check.judge(out / "inference" / "metrics.csv", out / "identification" / "parameters.csv")
@@ -85,7 +89,8 @@ def test_verdict_compares_the_tissue_methods_with_the_control(tmp_path):
 def test_the_3d_preset_runs_every_stage_at_a_tiny_size(tmp_path):
     out = tmp_path / "demo3d"
     assert demo.main(["--full", "--out", str(out), "--size", "16", "--subjects", "4", "--val", "1", "--test", "1",
-                      "--steps", "2", "--spatial-steps", "2", "--grid-step", "0.5", "--device", "cpu"]) == 0
+                      "--steps", "2", "--spatial-steps", "2", "--grid-step", "0.5", "--device", "cpu",
+                      "--instance-steps", "0"]) == 0
     with (out / "inference" / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert {row["method"] for row in rows} == {"global", "tissue_population", "tissue_subject", "literature"}

@@ -246,7 +246,8 @@ def _instance_flags(out: Path, settings: dict, common: list[str],
                               "--grid-step", str(settings["io_grid_step"]), "--figures", "0", *steps,
                               "--out", str(choice)]), "identification through the instance optimisation")
     baseline = ["elastix"] if importlib.util.find_spec("itk") is not None else []
-    return ["identity", *baseline], [*steps, "--instance-parameters", str(choice / "parameters.csv")]
+    return ["identity", *baseline], [*steps, "--instance-methods", "global", "tissue_population", "identity",
+                                     "--instance-parameters", str(choice / "parameters.csv")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

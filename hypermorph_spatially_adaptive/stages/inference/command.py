@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Adam's learning rate, in voxels of each level's grid")
     instance.add_argument("--instance-levels", type=int, nargs="+", default=list(DEFAULT_LEVELS), metavar="F",
                           help="downsampling factors of the levels, coarse to fine, ending at 1")
+    instance.add_argument("--instance-methods", nargs="+", default=None, metavar="METHOD",
+                          help="the methods of --methods that get a +io counterpart (default: all but elastix)")
     instance.add_argument("--instance-parameters", default=None, metavar="FILE",
                           help="parameters.csv chosen for the optimisation (parameter_identification.py "
                                "--score-with instance); default: each method's own from --parameters")

@@ -218,6 +218,18 @@ def _read_table(flag: str, path: str, class_names: Sequence[str] | None) -> Para
         raise ValueError(message if message.startswith(flag) else f"{flag} {message}") from error
 
 
+def _not_optimised(args: argparse.Namespace, methods: list[str]) -> list[str]:
+    """The methods of ``--methods`` that get no ``+io`` counterpart: elastix, and those left out of
+    ``--instance-methods`` when it is given."""
+    chosen = args.instance_methods
+    if chosen is None:
+        return [ELASTIX]
+    wrong = [m for m in chosen if m not in methods or m == ELASTIX]
+    if wrong:
+        raise ValueError(f"--instance-methods {wrong}: each must be one of --methods {methods}, elastix excluded")
+    return [m for m in methods if m not in chosen]
+
+
 def _check_instance(args: argparse.Namespace, methods: list[str], dataset: Any, explicit_item: dict | None,
                     population_scope: str, pair_ids: list[str], class_names: Sequence[str]
                     ) -> tuple[InstanceOptions | None, ParameterTable | None]:
@@ -292,7 +304,7 @@ def prepare(args: argparse.Namespace) -> StageContext:
                          f"another --out")
     instance, instance_table = _check_instance(args, methods, dataset, explicit_item, population_scope, pair_ids,
                                                class_names)
-    methods = with_io_methods(methods, instance is not None, not_optimised=(ELASTIX,))
+    methods = with_io_methods(methods, instance is not None, not_optimised=_not_optimised(args, methods))
     ctx = StageContext(args, out, device, methods, models, class_names, table, population_scope, literature,
                        pair_ids, stems, dataset, explicit_item, formats, instance=instance,
                        instance_table=instance_table, elastix=elastix)

@@ -80,11 +80,9 @@ def run_seed(out: Path, seed: int, settings: dict[str, Any], variants: Sequence[
     folder = seed_folder(out, seed)
     data = folder / "data"
     if not (data / "PHANTOM_dataset.json").is_file():
-        texture = settings.get("texture", "rich")
         phantom.write_dataset(data, ndim=settings["ndim"], subjects=settings["subjects"],
                               shape=(settings["size"],) * settings["ndim"], seed=seed, val=settings["val"],
-                              test=settings["test"], progress=False,
-                              **({} if texture == "rich" else {"texture": texture}))
+                              test=settings["test"], texture=settings["texture"], progress=False)
     common = ["--dataset", "phantom", "--data-root", str(data), "--device", device, "--seed", str(seed)]
     model = ["--enc-features", *map(str, settings["enc_features"]), "--dec-features",
              *map(str, settings["dec_features"]), "--hyper-layers", str(settings["hyper_layers"]),
