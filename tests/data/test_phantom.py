@@ -322,7 +322,7 @@ def test_ct_texture_renders_the_published_intensities_and_keeps_the_subject(text
         assert np.mean(np.abs(image[core] - hu) < 1.0) > 0.95  # soft tissue holds the fat rim too
     bone = labels == 3
     marrow = ndi.binary_erosion(bone, border_value=1)
-    assert marrow.any() and np.median(image[marrow]) < np.median(image[bone & ~marrow]) - 200
+    assert marrow.any() and np.median(image[marrow]) < np.median(image[bone & ~marrow]) - 100
     assert image[labels == 2].std() > 100  # lung vessels remain
     # The regimes differ only in the images.
     for key in ("fixed_labels", "moving_labels", "displacement", "fixed_keypoints"):
@@ -330,6 +330,32 @@ def test_ct_texture_renders_the_published_intensities_and_keeps_the_subject(text
     assert ct["stiffness_factors"] == rich["stiffness_factors"]
     with pytest.raises(ValueError, match="texture"):
         phantom.generate_subject(2, (32, 32), texture="mri")
+
+
+def _share_at_least_3_voxels_thick(mask):
+    """Share of the voxels of ``mask`` that lie in a run of >= 3 mask voxels along every axis."""
+    keep = mask.copy()
+    for axis in range(mask.ndim):
+        line = np.ones([3 if k == axis else 1 for k in range(mask.ndim)], dtype=bool)
+        keep &= ndi.binary_opening(mask, structure=line)
+    return keep.sum() / mask.sum()
+
+
+def test_the_thickness_measure_counts_runs_along_every_axis():
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[1:4, 1:5] = True  # 3 x 4: thick everywhere
+    assert _share_at_least_3_voxels_thick(mask) == 1.0
+    mask[5:7, 1:5] = True  # 2 x 4: thin
+    assert _share_at_least_3_voxels_thick(mask) == pytest.approx(12 / 20)
+
+
+@pytest.mark.parametrize("shape, spacing", [((64, 64), (2.0, 2.0)), ((32, 32, 32), (2.0, 2.0, 2.0)),
+                                            ((48, 40, 48), (1.5, 2.0, 2.5))])
+def test_bone_is_at_least_3_voxels_thick(shape, spacing):
+    for seed in range(3):
+        labels, _ = phantom.anatomy(shape, np.random.default_rng(seed), spacing)
+        bone = labels == 3
+        assert bone.sum() >= 60 and _share_at_least_3_voxels_thick(bone) >= 0.85, seed  # 0.0-0.36 before
 
 
 def test_2d_128_subject_generates_quickly():

@@ -28,7 +28,7 @@ from .subject import check_grid, default_max_displacement, generate_subject
 
 __all__ = ["GENERATOR_VERSION", "split_sizes", "write_dataset", "main"]
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"
 
 
 def split_sizes(subjects: int, val: int | None = None, test: int | None = None) -> tuple[int, int, int]:
