@@ -53,6 +53,15 @@ def sibling_path(image: Path, kind: str, suffix: str | None = None) -> Path:
     return image.parent.parent / f"{kind}{tail}" / name
 
 
+def _header(path: Path, what: str, file_ndim: int) -> tuple[tuple[int, ...], np.ndarray]:
+    """:func:`read_header`, with a 2D dataset's volume stored as one slice of a 3D file (``[H, W, 1]``, as the
+    phantom writes it for ITK readers) taken as ``[H, W]``."""
+    shape, affine = read_header(path, what)
+    if file_ndim == 2 and len(shape) == 3 and shape[2] == 1:
+        shape = shape[:2]
+    return shape, affine
+
+
 class Learn2RegDataset(PairDataset):
     """Reader of the Learn2Reg paired layout shared by NLST, Lung CT and the phantom (see the subclasses).
 
@@ -193,7 +202,7 @@ class Learn2RegDataset(PairDataset):
         cases = (names[0]["case"], names[1]["case"])
         pair_id = cases[0] if cases[0] == cases[1] else f"{cases[0]}_{cases[1]}"
         record = _L2RPair(pair_id, fixed, moving, file_ndim=file_ndim)
-        head_f, head_m = read_header(fixed, "fixed image"), read_header(moving, "moving image")
+        head_f, head_m = (_header(fixed, "fixed image", file_ndim), _header(moving, "moving image", file_ndim))
         for path, head in ((fixed, head_f), (moving, head_m)):
             if len(head[0]) != file_ndim:
                 raise ValueError(f"{path}: expected a {file_ndim}D image, header shape {head[0]}")
@@ -202,11 +211,11 @@ class Learn2RegDataset(PairDataset):
         for side, path, head in (("fixed", fixed, head_f), ("moving", moving, head_m)):
             mask = sibling_path(path, "masks")
             if required or mask.parent.is_dir():
-                check_same_grid(mask, read_header(mask, f"{side} mask"), path, head)
+                check_same_grid(mask, _header(mask, f"{side} mask", file_ndim), path, head)
                 setattr(record, f"{side}_mask", mask)
             labels = self._label_path(path)
             if labels is not None:
-                check_same_grid(labels, read_header(labels, f"{side} label map"), path, head)
+                check_same_grid(labels, _header(labels, f"{side} label map", file_ndim), path, head)
                 setattr(record, f"{side}_labels", labels)
         kp_fixed, kp_moving = sibling_path(fixed, "keypoints", ".csv"), sibling_path(moving, "keypoints", ".csv")
         if required or kp_fixed.parent.is_dir():

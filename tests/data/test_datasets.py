@@ -623,7 +623,7 @@ def test_the_scan_names_a_file_with_nan_values_and_without_it_the_pair_names_it_
     path = sorted((root / folder).glob(pattern))[0]
     image = nib.load(str(path))
     array = np.asarray(image.get_fdata(), dtype=np.float32)
-    array[(1,) * array.ndim] = np.nan
+    array[(1, 1) + (0,) * (array.ndim - 2)] = np.nan  # a 2D phantom's files are one slice of 3D
     nib.save(nib.Nifti1Image(array, image.affine), str(path))
     with pytest.raises(ValueError, match=path.name):
         datasets.get_dataset("phantom", root, "train")

@@ -322,7 +322,7 @@ def test_ct_texture_renders_the_published_intensities_and_keeps_the_subject(text
         assert np.mean(np.abs(image[core] - hu) < 1.0) > 0.95  # soft tissue holds the fat rim too
     bone = labels == 3
     marrow = ndi.binary_erosion(bone, border_value=1)
-    assert marrow.any() and np.median(image[marrow]) < np.median(image[bone & ~marrow]) - 200
+    assert marrow.any() and np.median(image[marrow]) < np.median(image[bone & ~marrow]) - 100
     assert image[labels == 2].std() > 100  # lung vessels remain
     # The regimes differ only in the images.
     for key in ("fixed_labels", "moving_labels", "displacement", "fixed_keypoints"):
@@ -330,6 +330,32 @@ def test_ct_texture_renders_the_published_intensities_and_keeps_the_subject(text
     assert ct["stiffness_factors"] == rich["stiffness_factors"]
     with pytest.raises(ValueError, match="texture"):
         phantom.generate_subject(2, (32, 32), texture="mri")
+
+
+def _share_at_least_3_voxels_thick(mask):
+    """Share of the voxels of ``mask`` that lie in a run of >= 3 mask voxels along every axis."""
+    keep = mask.copy()
+    for axis in range(mask.ndim):
+        line = np.ones([3 if k == axis else 1 for k in range(mask.ndim)], dtype=bool)
+        keep &= ndi.binary_opening(mask, structure=line)
+    return keep.sum() / mask.sum()
+
+
+def test_the_thickness_measure_counts_runs_along_every_axis():
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[1:4, 1:5] = True  # 3 x 4: thick everywhere
+    assert _share_at_least_3_voxels_thick(mask) == 1.0
+    mask[5:7, 1:5] = True  # 2 x 4: thin
+    assert _share_at_least_3_voxels_thick(mask) == pytest.approx(12 / 20)
+
+
+@pytest.mark.parametrize("shape, spacing", [((64, 64), (2.0, 2.0)), ((32, 32, 32), (2.0, 2.0, 2.0)),
+                                            ((48, 40, 48), (1.5, 2.0, 2.5))])
+def test_bone_is_at_least_3_voxels_thick(shape, spacing):
+    for seed in range(3):
+        labels, _ = phantom.anatomy(shape, np.random.default_rng(seed), spacing)
+        bone = labels == 3
+        assert bone.sum() >= 60 and _share_at_least_3_voxels_thick(bone) >= 0.85, seed  # 0.0-0.36 before
 
 
 def test_2d_128_subject_generates_quickly():
@@ -427,23 +453,47 @@ def test_write_dataset_writes_the_exact_layout(tmp_path):
     assert nib.aff2axcodes(affine) == ("R", "S", "P")
     for folder, dtype in (("imagesTr", np.float32), ("masksTr", np.uint8), ("labelsTr", np.uint8)):
         image = nib.load(root / folder / "PHANTOM_0002_0001.nii.gz")
-        assert image.shape == (32, 40) and image.get_data_dtype() == dtype
+        assert image.shape == (32, 40, 1) and image.get_data_dtype() == dtype  # one slice of a 3D volume
         np.testing.assert_allclose(image.affine, affine)
-        assert image.header.get_zooms() == (2.0, 1.5)
+        assert image.header.get_zooms() == (2.0, 1.5, 1.0)
     labels = np.asarray(nib.load(root / "labelsTr" / "PHANTOM_0002_0000.nii.gz").dataobj)
     mask = np.asarray(nib.load(root / "masksTr" / "PHANTOM_0002_0000.nii.gz").dataobj)
     assert labels.max() == 4 and np.array_equal(mask, (labels > 0).astype(np.uint8))
     truth = nib.load(root / "groundtruthTr" / "disp_0002_0002.nii.gz")
-    assert truth.shape == (32, 40, 2) and truth.get_data_dtype() == np.float32
+    assert truth.shape == (32, 40, 1, 2) and truth.get_data_dtype() == np.float32
     np.testing.assert_allclose(truth.affine, affine)
     fixed_points = np.loadtxt(root / "keypointsTr" / "PHANTOM_0002_0000.csv", delimiter=",")
     moving_points = np.loadtxt(root / "keypointsTr" / "PHANTOM_0002_0001.csv", delimiter=",")
     assert fixed_points.shape == moving_points.shape == (60, 2)
     # The files hold subject (seed, case number) of generate_subject, with u stored as [*S, ndim].
     subject = phantom.generate_subject(2, (32, 40), spacing, np.random.default_rng([7, 2]))
-    np.testing.assert_allclose(np.asarray(truth.dataobj), np.moveaxis(subject["displacement"], 0, -1), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(truth.dataobj)[:, :, 0], np.moveaxis(subject["displacement"], 0, -1),
+                               atol=1e-6)
     np.testing.assert_allclose(moving_points, subject["moving_keypoints"], atol=1e-5)
     assert meta["subjects"]["0002"]["stiffness_factors"] == subject["stiffness_factors"]
+
+
+@pytest.mark.parametrize("ndim, shape, spacing", [(2, (32, 40), (2.0, 1.5)), (3, (16, 18, 20), (1.0, 1.5, 2.0))])
+def test_itk_reads_every_file_and_the_dataset_returns_the_generated_subject(tmp_path, ndim, shape, spacing):
+    sitk = pytest.importorskip("SimpleITK")
+    from hypermorph_spatially_adaptive.data import PhantomDataset, window_ct
+
+    root = phantom.write_dataset(tmp_path / "d", ndim=ndim, subjects=1, shape=shape, spacing=spacing, seed=3,
+                                 keypoints=20, progress=False)
+    files = sorted(root.rglob("*.nii.gz"))
+    assert len(files) == 7
+    for path in files:
+        image = sitk.ReadImage(str(path))  # ITK refused the former 2D files: "determinant is 0"
+        assert image.GetSize()[:ndim] == shape and abs(np.linalg.det(
+            np.reshape(image.GetDirection(), (image.GetDimension(),) * 2))) == pytest.approx(1.0)
+        np.testing.assert_allclose(image.GetSpacing()[:ndim], spacing)
+    item = PhantomDataset(root, "train")[0]
+    subject = phantom.generate_subject(ndim, shape, spacing, np.random.default_rng([3, 1]), keypoints=20)
+    np.testing.assert_allclose(item["spacing"], spacing)
+    np.testing.assert_allclose(np.asarray(item["fixed"])[0], window_ct(subject["fixed"]), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(item["moving_labels"])[0], subject["moving_labels"])
+    np.testing.assert_allclose(np.asarray(item["gt_displacement"]), subject["displacement"], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(item["fixed_keypoints"]), subject["fixed_keypoints"], atol=1e-5)
 
 
 def test_write_dataset_3d_shapes(tmp_path):

@@ -12,7 +12,7 @@ Modules: :mod:`.elasticity` (the finite-element physics and the inverse of a dis
 (label map, materials, rendering, keypoints), :mod:`.subject` (one subject: load, true displacement, image pair)
 and :mod:`.writer` (the dataset on disk and the command line).
 """
-from .anatomy import CLASS_NAMES, HU, HU_CT, TEXTURES, TISSUES
+from .anatomy import CLASS_NAMES, HU, HU_CT, RIB_DEPTH_MM, RIB_HEIGHT_MM, SPINE_RADIUS_MM, TEXTURES, TISSUES, anatomy
 from .elasticity import elasticity_operator, inverse_consistency, invert_displacement, lame_from_young, load_vector, \
     solve_elasticity
 from .subject import default_max_displacement, generate_subject
@@ -24,6 +24,10 @@ __all__ = [
     "HU",
     "HU_CT",
     "TEXTURES",
+    "RIB_HEIGHT_MM",
+    "RIB_DEPTH_MM",
+    "SPINE_RADIUS_MM",
+    "anatomy",
     "GENERATOR_VERSION",
     "lame_from_young",
     "elasticity_operator",

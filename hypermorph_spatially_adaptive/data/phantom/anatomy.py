@@ -40,7 +40,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.ndimage as ndi
 
-__all__ = ["CLASS_NAMES", "TISSUES", "HU", "HU_CT", "TEXTURES", "anatomy", "render", "place_keypoints"]
+__all__ = ["CLASS_NAMES", "TISSUES", "HU", "HU_CT", "TEXTURES", "RIB_HEIGHT_MM", "RIB_DEPTH_MM", "SPINE_RADIUS_MM",
+           "anatomy", "render", "place_keypoints"]
 
 CLASS_NAMES = ("background", "soft_tissue", "lung", "bone", "liver")
 
@@ -54,6 +55,13 @@ TISSUES: dict[str, dict[str, float]] = {
     "bone": {"E": 1000.0, "nu": 0.3},
     "liver": {"E": 30.0, "nu": 0.4},
 }
+
+#: Physical size of the bone (mm), floored at 3 voxels of the generated grid by :func:`anatomy`: rib height
+#: (craniocaudal, drawn per subject), rib depth (radial) and the spine's radius (3D). Real mid-shaft ribs are about
+#: a centimetre high and half as thick; the phantom's thorax is smaller than an adult's, and so are its ribs.
+RIB_HEIGHT_MM = (5.0, 8.0)
+RIB_DEPTH_MM = 5.0
+SPINE_RADIUS_MM = 8.0
 
 #: Mean intensities (HU) of the rendered tissues in the ``rich`` regime.
 HU = {"air": -1000.0, "fat": -90.0, "soft_tissue": 40.0, "lung": -860.0, "bone": 650.0, "liver": 60.0}
@@ -84,13 +92,22 @@ def _radius(coords: dict[str, np.ndarray], centre: dict[str, float], semi: dict[
     return total ** (1.0 / power)
 
 
-def anatomy(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def anatomy(shape: tuple[int, ...], rng: np.random.Generator,
+            spacing: tuple[float, ...] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Random thorax label map ``[*S]`` (uint8, classes of :data:`CLASS_NAMES`) and helper regions.
 
     Geometry lives in normalised coordinates in [-1, 1] per axis: ``lat`` (axis 0, + = right), ``ap`` (3D axis 1,
-    + = anterior) and ``cc`` (last axis, + = superior); a 2D phantom is the coronal plane ap = 0.
+    + = anterior) and ``cc`` (last axis, + = superior); a 2D phantom is the coronal plane ap = 0. The organs scale
+    with the field of view; the bone has a physical size (``spacing``, mm per voxel, default 2): a rib cross-section
+    :data:`RIB_HEIGHT_MM` high (craniocaudal) and :data:`RIB_DEPTH_MM` deep (radial), the spine (3D)
+    :data:`SPINE_RADIUS_MM` in radius, no larger than the field of view allows (ribs at most 8% of it high and half
+    the chest wall deep, the spine's radius at most 9-12% of the body's) and at least 3 voxels across on the
+    generated grid (ribs 3-4 voxels high, spine 5-6 across), so that the bone's stiffness can act on the image. The chest wall is widened where needed to hold the ribs, and the lungs keep one
+    voxel of soft tissue (intercostal muscle) off the bone.
     """
     ndim = len(shape)
+    spacing = (2.0,) * ndim if spacing is None else tuple(float(s) for s in spacing)
+    voxel = [2.0 / (m - 1) for m in shape]  # one voxel per axis, normalised units
     names = ("lat", "cc") if ndim == 2 else ("lat", "ap", "cc")
     grids = np.meshgrid(*[np.linspace(-1.0, 1.0, m) for m in shape], indexing="ij")
     c = dict(zip(names, grids))
@@ -134,29 +151,43 @@ def anatomy(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarra
     mirrored = dict(c, lat=-lat)
     left_abdomen = (_radius(mirrored, liver_centre, liver_semi) < 1.0) & body & ~liver
 
-    # Ribs: bands of the chest wall at regularly spaced levels over the lungs, sloping down anteriorly (3D).
+    # Ribs: bands of the chest wall at regularly spaced levels over the lungs, sloping down anteriorly (3D). The
+    # band is 2 * half high with half >= 2 voxels (3 or 4 voxels whatever the offset of the level); the levels are
+    # spread out so that neighbouring ribs keep a gap of a voxel or more.
     top = max(e[0]["cc"] + e[1]["cc"] for e in extents.values())
     bottom = min(e[0]["cc"] - e[1]["cc"] for e in extents.values())
-    count = int(rng.integers(5, 10))
+    half = max(min(0.5 * u(*RIB_HEIGHT_MM) * voxel[-1] / spacing[-1], 0.04), 2.0 * voxel[-1])
+    span = top - bottom - 0.1
+    fitting = 1 + int(0.7 * span // (2.0 * half + voxel[-1]))  # adjacent levels stay >= 0.7 period apart
+    count = max(min(int(rng.integers(5, 10)), fitting), 2)
     levels = np.linspace(bottom + 0.05, top - 0.05, count)
-    levels += u(-0.25, 0.25, count) * (levels[1] - levels[0])
-    half_thickness = max(u(0.022, 0.04), 0.65 * 2.0 / (shape[-1] - 1))  # at least ~1.3 voxels thick
+    levels += u(-0.15, 0.15, count) * (levels[1] - levels[0])
     rib_level = cc + 0.12 * ap
-    ribs = np.zeros(shape, dtype=bool)
+    bands = np.zeros(shape, dtype=bool)
     for value in levels:
-        ribs |= np.abs(rib_level - value) < half_thickness
-    ribs &= (rho > 1.0 - 0.85 * wall) & (rho < 1.0 - 0.3 * wall) & body
+        bands |= np.abs(rib_level - value) < half
+    # Radially: the voxels within RIB_DEPTH_MM (>= 3 voxels) of the outer edge at 0.3 wall under the skin.
+    inside_wall = body & (rho < 1.0 - 0.3 * wall)
+    in_plane_mm = [(m - 1) * s / 2.0 for m, s in zip(shape[:ndim - 1], spacing)]  # mm per normalised unit
+    depth_cap_mm = 0.5 * wall * min(a, b if ndim == 3 else a) * min(in_plane_mm)
+    depth_mm = max(min(RIB_DEPTH_MM, depth_cap_mm), 3.0 * max(spacing[:ndim - 1]))
+    shell = inside_wall & (ndi.distance_transform_edt(inside_wall, sampling=spacing) <= depth_mm + 1e-6)
+    ribs = bands & shell
     if ndim == 3:
         ribs &= ap < 0.55 * b  # costal cartilage gap anteriorly
         spine_centre = -u(0.6, 0.7) * b
-        spine = (lat ** 2 + (ap - spine_centre) ** 2 < (u(0.09, 0.12) * min(a, b)) ** 2) & body
+        radius = max(min(SPINE_RADIUS_MM * voxel[0] / spacing[0], u(0.09, 0.12) * min(a, b)), 2.5 * max(voxel[:2]))
+        # A rounded square (a vertebral body): thick to its edges, where a disk would end in thin caps.
+        spine = (lat ** 4 + (ap - spine_centre) ** 4 < radius ** 4) & body
         ribs |= spine
+    lungs &= ~ndi.binary_dilation(ribs)
+    liver &= ~ribs
 
     labels = np.zeros(shape, dtype=np.uint8)
     labels[body] = 1
     labels[lungs] = 2
     labels[liver] = 4
-    labels[ribs & (labels == 1)] = 3
+    labels[ribs] = 3
     fat = body & (rho > 1.0 - u(0.04, 0.08)) & (labels == 1)
     wall_band = body & (rho > 1.0 - wall) & (cc > bottom) & (cc < top) & ~lungs & ~liver
     radial = np.stack([lat / a, ap / b]) if ndim == 3 else np.stack([lat / a])

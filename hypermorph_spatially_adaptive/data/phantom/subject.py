@@ -94,7 +94,7 @@ def generate_subject(ndim: int = 2, shape: Sequence[int] | None = None, spacing:
         raise ValueError(f"texture must be one of {TEXTURES}, got {texture!r}")
     rng = _resolve_rng(seed)
 
-    labels, regions = anatomy(shape, rng)
+    labels, regions = anatomy(shape, rng, spacing)
     fixed_clean, vessels = render(labels, regions, rng, texture)
 
     factors = {"background": 1.0}

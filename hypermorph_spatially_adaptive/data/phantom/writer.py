@@ -28,7 +28,7 @@ from .subject import check_grid, default_max_displacement, generate_subject
 
 __all__ = ["GENERATOR_VERSION", "split_sizes", "write_dataset", "main"]
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"
 
 
 def split_sizes(subjects: int, val: int | None = None, test: int | None = None) -> tuple[int, int, int]:
@@ -67,8 +67,13 @@ def phantom_affine(spacing: Sequence[float]) -> np.ndarray:
 
 
 def _nifti(array: np.ndarray, spacing: tuple[float, ...]):
+    """A NIfTI image of ``array`` (``[*S]`` or a field ``[*S, ndim]``); a 2D one is stored as one slice of a 3D
+    volume (``[H, W, 1]``, a field ``[H, W, 1, 2]``), so that its 3x3 direction (with the slice normal) is proper
+    and ITK readers accept it: a 2D NIfTI file only keeps the in-plane 2x2 block, singular for a coronal plane."""
     import nibabel as nib
 
+    if len(spacing) == 2:
+        array = array[:, :, None]
     image = nib.Nifti1Image(array, phantom_affine(spacing))
     image.header.set_xyzt_units("mm")
     return image
@@ -93,7 +98,8 @@ def write_dataset(out: str | Path, ndim: int = 2, subjects: int = 10, shape: Seq
     Everything is written into a temporary folder beside ``out`` and renamed into place at the end; a non-empty
     ``out`` is refused unless ``overwrite``. ``PHANTOM_dataset.json`` describes the dataset (pair lists,
     nominal materials, per-subject stiffness factors and load); ``phantom_config.json`` holds every option.
-    Files: images float32 HU, masks and labels uint8, keypoints CSV, true displacement float32 ``[*S, ndim]``.
+    Files: images float32 HU, masks and labels uint8, keypoints CSV, true displacement float32 ``[*S, ndim]``;
+    a 2D phantom's volumes are one slice of a 3D NIfTI (``[H, W, 1]``, the field ``[H, W, 1, 2]``).
     ``texture`` is the image regime (``rich`` or ``ct``, :mod:`.anatomy`); for a seed the two regimes write the
     same anatomy, materials, motion and keypoints, and differ only in the images.
     """
