@@ -15,13 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ...data.phantom import TISSUES
 from ...evaluation.bootstrap import Estimate, hierarchical_bootstrap, paired_estimate
+from ...evaluation.headroom import headroom_from_rows
+from ...evaluation.rank_agreement import rank_agreement
 from ..parameter_table import POPULATION, read_parameters
 from .presets import CONTROL, GLOBAL
 from .runner import seed_folder
 
-__all__ = ["INFERENCE_NAMES", "METHOD_ORDER", "StudyData", "collect", "estimate", "difference", "locality_estimate",
-           "stiffness"]
+__all__ = ["INFERENCE_NAMES", "METHOD_ORDER", "IDENTIFICATIONS", "StudyData", "collect", "estimate", "difference",
+           "locality_estimate", "stiffness", "grid_headroom", "stiffness_rank_agreement"]
+
+#: The identifications of a seed whose choices the report reads: folder -> what chose the values.
+IDENTIFICATIONS = {"identification_val": "the paper's search: the global model's grid, Dice (validation pairs)",
+                   "identification_epe": "oracle: the global model's grid, true EPE (validation pairs)",
+                   "identification_io": "the instance optimisation's grid, TRE (validation pairs)"}
 
 #: Inference method -> report method, for ``inference/`` and ``inference_epe/``.
 INFERENCE_NAMES = {"inference": {"global": GLOBAL, "tissue_population": "tissue_population",
@@ -119,3 +127,33 @@ def stiffness(out: Path, seed: int, folder: str) -> dict[str, float]:
     table = read_parameters(seed_folder(out, seed) / folder / "parameters.csv")
     lam, mu = table.values(POPULATION)
     return {name: float(l + m) for name, l, m in zip(table.class_names, lam, mu)}
+
+
+def grid_headroom(out: Path, seeds: Sequence[int], folder: str) -> dict[str, Estimate]:
+    """Per foreground class, the EPE headroom of ``folder``'s grid (:func:`...evaluation.headroom.headroom`: the
+    mean EPE at the best global grid point minus at the class's own best point, validation pairs; mm), mean over
+    every seed's pairs with its 95% interval. Empty when a seed has no such grid or no ``epe_mm`` column."""
+    gains: dict[str, list[list[float]]] = {}
+    for seed in seeds:
+        path = seed_folder(out, seed) / folder / "grid_scores.csv"
+        if not path.is_file():
+            return {}
+        rows = _read_rows(path)
+        if not rows or "epe_mm" not in rows[0]:
+            return {}
+        table = [(r["pair_id"], float(r["lam"]), float(r["mu"]), r["class_name"], _float(r["epe_mm"])) for r in rows]
+        for entry in headroom_from_rows(table):
+            gains.setdefault(entry.class_name, []).append(list(entry.pair_gains))
+    return {name: hierarchical_bootstrap(groups) for name, groups in gains.items()}
+
+
+def stiffness_rank_agreement(out: Path, seed: int, folder: str) -> dict[str, float] | None:
+    """Spearman of the population ``(lam, mu)`` of ``seed``'s ``folder`` with the phantom's true Young's moduli
+    (:func:`...evaluation.rank_agreement.rank_agreement`); None when that identification was not run."""
+    path = seed_folder(out, seed) / folder / "parameters.csv"
+    if not path.is_file():
+        return None
+    table = read_parameters(path)
+    lam, mu = table.values(POPULATION)
+    identified = {name: (float(l), float(m)) for name, l, m in zip(table.class_names, lam, mu)}
+    return rank_agreement(identified, {name: tissue["E"] for name, tissue in TISSUES.items()})

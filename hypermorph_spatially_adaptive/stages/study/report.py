@@ -19,9 +19,10 @@ import numpy as np  # noqa: E402
 from ...data import get_dataset  # noqa: E402
 from ...data.nifti_io import read_displacement  # noqa: E402
 from ...data.orientation import display_view  # noqa: E402
-from ...evaluation.bootstrap import Estimate  # noqa: E402
+from ...evaluation.bootstrap import Estimate, hierarchical_bootstrap  # noqa: E402
 from ...files import atomic_write, atomic_write_text  # noqa: E402
-from .aggregate import StudyData, difference, estimate, locality_estimate, stiffness  # noqa: E402
+from .aggregate import (IDENTIFICATIONS, StudyData, difference, estimate, grid_headroom,  # noqa: E402
+                        locality_estimate, stiffness, stiffness_rank_agreement)
 from .presets import CONTROL, DEV_SEED, GLOBAL, IO_METHOD_LABELS, METHOD_LABELS, VARIANTS, Regime  # noqa: E402
 from .runner import IO_VARIANT, seed_folder  # noqa: E402
 
@@ -176,9 +177,10 @@ SUMMARY = (("tissue_population - global", "tissue_population", GLOBAL),
            ("tissue_population+io - elastix", "tissue_population+io", "elastix"))
 
 
-def _summary(studies: Sequence[tuple[Regime, StudyData]]) -> list[str]:
+def _summary(out: Path, studies: Sequence[tuple[Regime, StudyData]]) -> list[str]:
     lines = ["## Summary", "", f"Variant `{IO_VARIANT}`; paired differences of EPE and TRE (mm) on the test pairs, "
-             "mean [95% CI] (pairs better / pairs); negative is better.", ""]
+             "mean [95% CI] (pairs better / pairs); negative is better. Rank agreement: Spearman's rho of the "
+             "identified `lam + mu` with the true stiffness order, mean over seeds [min, max].", ""]
     rows = []
     for regime, data in studies:
         variant = IO_VARIANT if IO_VARIANT in data.variants else data.variants[0]
@@ -189,6 +191,14 @@ def _summary(studies: Sequence[tuple[Regime, StudyData]]) -> list[str]:
             if method in methods and baseline in methods:
                 rows.append(["", label, *(_signed(difference(data, variant, method, baseline, metric))
                                           for metric in ("epe_mm", "tre_mm"))])
+        for folder in IDENTIFICATIONS:
+            rhos = [r["lam_plus_mu"] for r in (stiffness_rank_agreement(out / regime.name, seed, folder)
+                                               for seed in data.seeds) if r is not None]
+            finite = [r for r in rhos if not math.isnan(r)]
+            if finite:
+                rows.append(["", f"rank agreement, {folder.removeprefix('identification_')}",
+                             f"rho {sum(finite) / len(finite):+.2f} [{min(finite):+.2f}, {max(finite):+.2f}]"
+                             f" ({len(finite)}/{len(rhos)} seeds defined)", ""])
     return lines + _table(["regime", "comparison", "EPE (mm)", "TRE (mm)"], rows)
 
 
@@ -201,7 +211,7 @@ def write_report(out: Path, studies: Sequence[tuple[Regime, StudyData]], report:
     figures = report.parent / f"{report.stem.lower()}_figures"
     figures.mkdir(parents=True, exist_ok=True)
     first = studies[0][1]
-    lines = _setup(preset, settings, first.seeds, first.variants, runtime_s) + _summary(studies)
+    lines = _setup(preset, settings, first.seeds, first.variants, runtime_s) + _summary(out, studies)
     for regime, data in studies:
         lines += [f"## Regime `{regime.name}`: {regime.texture} texture, {regime.ndim}D, {regime.size} voxels per "
                   "axis", ""]
@@ -232,6 +242,30 @@ def _io_section(data: StudyData) -> list[str]:
                                                          for m in ("epe_mm", "tre_mm"))])
     lines += ["Paired differences (negative is better):", "", *_table(["comparison", "EPE (mm)", "TRE (mm)"], rows)]
     return lines
+
+
+def _headroom_section(out: Path, data: StudyData) -> list[str]:
+    """How much choosing a class's own parameters can gain: through each grid (validation pairs) and through the
+    spatial model (the oracle against the global model, test pairs)."""
+    foreground = data.class_names[1:]
+    rows = []
+    for folder, label in (("identification_epe", "global model's grid"),
+                          ("identification_io", "instance optimisation's grid")):
+        gains = grid_headroom(out, data.seeds, folder)
+        if gains:
+            rows.append([label, *(_ci(gains[c]) if c in gains else "-" for c in foreground)])
+    variant = IO_VARIANT if IO_VARIANT in data.variants else data.variants[0]
+    if "oracle_model" in data.methods(variant):
+        rows.append([f"spatial model ({variant}), oracle - global, test pairs",
+                     *(_signed(difference(data, variant, "oracle_model", GLOBAL, f"epe_{c}")) for c in foreground)])
+    if not rows:
+        return []
+    return ["### Regularization headroom", "",
+            "Per class, the EPE (mm) that choosing the class's own parameters gains over one global pair: on a grid, "
+            "the class's mean EPE at the best global point minus at its own best point (validation pairs, chosen by "
+            "the true EPE, so an upper bound of what any identification on that grid can realise); through the "
+            "spatial model, the oracle's per-class EPE minus the global model's (test pairs; negative is a gain).",
+            "", *_table(["through", *foreground], rows)]
 
 
 def _regime_section(out: Path, data: StudyData, figures: Path, prefix: str) -> list[str]:
@@ -290,14 +324,28 @@ def _regime_section(out: Path, data: StudyData, figures: Path, prefix: str) -> l
     if IO_VARIANT in data.variants:
         lines += _io_section(data)
 
-    lines += ["### Identified stiffness", "", "Population `lam + mu` per class (validation pairs) by Dice and by the true "
-              "EPE (the oracle), per seed.", ""]
+    lines += _headroom_section(out, data)
+    lines += ["### Identified stiffness", "", "Population `lam + mu` per class by each identification, per seed, "
+              "and Spearman's rank correlation over the foreground classes of the identified stiffness (`lam + mu`; "
+              "Young's modulus `mu (3 lam + 2 mu) / (lam + mu)`) with the phantom's true Young's moduli (1 is the "
+              "true order; NaN: all tied).", ""]
     rows = []
+    agreement: dict[str, list[tuple[float, float]]] = {}
     for seed in data.seeds:
-        for folder, label in (("identification_val", "Dice"), ("identification_epe", "EPE")):
+        for folder in IDENTIFICATIONS:
+            rho = stiffness_rank_agreement(out, seed, folder)
+            if rho is None:
+                continue
             values = stiffness(out, seed, folder)
-            rows.append([seed, label, *(f"{values[c]:.2f}" for c in foreground)])
-    lines += _table(["seed", "criterion", *foreground], rows)
+            agreement.setdefault(folder, []).append((rho["lam_plus_mu"], rho["young"]))
+            rows.append([seed, folder.removeprefix("identification_"),
+                         *(f"{values[c]:.2f}" for c in foreground), f"{rho['lam_plus_mu']:+.2f}",
+                         f"{rho['young']:+.2f}"])
+    lines += _table(["seed", "identification", *foreground, "rho (lam + mu)", "rho (Young)"], rows)
+    for folder, values in agreement.items():
+        e = hierarchical_bootstrap([[v[0]] for v in values])
+        lines.append(f"- `{folder}` ({IDENTIFICATIONS[folder]}): mean rho (lam + mu) {_ci(e, 2)} over seeds.")
+    lines.append("")
 
     lines += ["### What the numbers show", ""]
     for variant in data.variants:
