@@ -491,3 +491,23 @@ def test_bad_input_exits_2_naming_the_option_and_writes_nothing(case, flag, base
     error = capsys.readouterr().err
     assert flag in error, error
     assert not out.exists()
+
+
+def test_criterion_epe_writes_the_headroom_and_the_stiffness_order(epe_run):
+    from hypermorph_spatially_adaptive.data.phantom import TISSUES
+    from hypermorph_spatially_adaptive.evaluation.rank_agreement import rank_agreement
+    from hypermorph_spatially_adaptive.stages.identification.physics import HEADROOM_COLUMNS
+
+    rows = {(r.scope, r.class_id): r for r in read_parameters(epe_run / "parameters.csv", CLASSES).rows}
+    room = _rows(epe_run / "headroom.csv")
+    assert tuple(room[0]) == HEADROOM_COLUMNS and [r["class_name"] for r in room] == list(CLASSES[1:])
+    for r in room:  # the global scope's class score minus the population's, at their own points
+        c = int(r["class_id"])
+        assert float(r["gain_mm"]) == pytest.approx(rows["global", c].score - rows["population", c].score)
+        assert [float(r["own_lam"]), float(r["own_mu"])] == [rows["population", c].lam, rows["population", c].mu]
+        assert float(r["gain_mm"]) >= 0 and r["pairs"] == "2"
+    expected = rank_agreement({CLASSES[c]: (rows["population", c].lam, rows["population", c].mu)
+                               for c in range(len(CLASSES))}, {n: v["E"] for n, v in TISSUES.items()})
+    summary = (epe_run / "summary.md").read_text()
+    assert f"lam + mu {expected['lam_plus_mu']:.2f}, Young's modulus {expected['young']:.2f}" in summary
+    assert "scope population_refined" in summary and "Headroom (headroom.csv" in summary

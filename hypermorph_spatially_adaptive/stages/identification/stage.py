@@ -2,7 +2,8 @@
 
 A run scores the global model over the (lam, mu) grid for every pair of a split (``grid_scores.csv``), chooses
 parameters per scope (``parameters.csv``), draws heatmaps (``figures/``) and writes ``summary.md`` and
-``config.json`` into ``--out``. ``--shard K/N`` scores a slice of the pairs only (grid_scores.csv, config.json);
+``config.json`` into ``--out``; with a true displacement (EPE on the grid) also ``headroom.csv`` (:mod:`.physics`),
+and on the phantom the rank agreement of the identified stiffness with the true materials in the summary. ``--shard K/N`` scores a slice of the pairs only (grid_scores.csv, config.json);
 ``--merge DIR...`` turns finished shards into the files of a single run. Every input is checked before anything
 is written (:mod:`.context`). Per-pair results go to ``OUT/.partial/<pair_id>.csv`` as they finish, so
 ``--resume`` skips the pairs an interrupted run completed (a run with the same ``run.json``); the folder is removed
@@ -27,6 +28,7 @@ from .context import StageContext, prepare, run_identity
 from .dry_run import dry_run
 from .figures import write_scope_figures
 from .grid_scores import GridScores, merge_grid_scores, read_grid_scores, write_grid_scores
+from .physics import grid_headroom, rank_lines, write_headroom
 from .refinement import Refinement, refine_vector
 from .instance_scoring import evaluate_pair_instance, instance_options
 from .scoring import evaluate_pair
@@ -118,7 +120,15 @@ def run(args: argparse.Namespace) -> Path:
         rows[last_population + 1:last_population + 1] = refined
     write_parameters(out / "parameters.csv", rows)
     _figures(args, scores, rows, out)
-    summary = run_summary(args, ctx, scores, rows, refinement)
+    closing = []
+    room = grid_headroom(scores)
+    if room is not None:
+        write_headroom(out / "headroom.csv", room)
+        closing.append("Headroom (headroom.csv; EPE at the global point minus at the class's own grid point, mm): "
+                       + ", ".join(f"{r.class_name} {r.gain:.3f}" for r in room) + ".")
+    if (ctx.shard_options or vars(args))["dataset"] == "phantom":
+        closing += rank_lines(rows)
+    summary = run_summary(args, ctx, scores, rows, refinement, closing)
     atomic_write_text(out / "summary.md", summary)
     print(summary)
     if refinement is not None:

@@ -42,8 +42,9 @@ def summary_markdown(scores: GridScores, rows: Sequence[ParameterRow], notes: Se
 
 
 def run_summary(args: argparse.Namespace, ctx: StageContext, scores: GridScores, rows: list[ParameterRow],
-               refinement: Refinement | None) -> str:
-    """The text of ``summary.md`` for a finished run (:func:`summary_markdown` with the run's notes)."""
+               refinement: Refinement | None, extra: Sequence[str] = ()) -> str:
+    """The text of ``summary.md`` for a finished run (:func:`summary_markdown` with the run's notes; ``extra``
+    closing paragraphs last)."""
     options = ctx.shard_options or vars(args)
     chose = f"`{options['selection_labels']}` (--selection-labels)" if options["selection_labels"] else \
         "the dataset's labels"
@@ -65,4 +66,4 @@ def run_summary(args: argparse.Namespace, ctx: StageContext, scores: GridScores,
                        f"{len(scores.pair_ids)} tuning pairs, choosing labels): start {refinement.start_score:.4f} -> "
                        f"refined {refinement.score:.4f} ({refinement.score - refinement.start_score:+.4f}) after "
                        f"{refinement.sweeps} sweep(s), {refinement.evaluations} vectors evaluated.")
-    return summary_markdown(scores, rows, notes, closing)
+    return summary_markdown(scores, rows, notes, closing + list(extra))
