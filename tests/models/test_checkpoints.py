@@ -57,7 +57,7 @@ def test_the_kind_follows_from_the_parameter_layout_in_the_config(parameters, re
 @pytest.mark.parametrize("parameters, regularizer, names, match", [
     (3, "elastic", None, "multiple of 2"),
     (4, "elastic", ["a", "b", "c"], "2 classes"),
-    (2, "bending", None, "regularizer"),
+    (2, "no_such_energy", None, "regularizer"),
     (4, "elastic", ["a", "a"], "distinct"),
 ])
 def test_an_inconsistent_layout_is_refused_by_the_constructor(parameters, regularizer, names, match):

@@ -22,6 +22,7 @@ def test_a_tiny_study_writes_every_stage_and_a_report_and_resumes(tiny_preset, t
     for path in ("global/checkpoints/last.pt", "identification_val/parameters.csv",
                  "identification_epe/parameters.csv", "recommended/inference/metrics.csv",
                  "identification_io/parameters.csv", "recommended/inference_io/metrics.csv",
+                 "identification_joint/parameters.csv", "recommended/inference_joint/metrics.csv",
                  "recommended/inference/oracle_parameters.csv", "paper/inference_epe/metrics.csv",
                  "paper/locality/locality.csv"):
         assert (seed / path).is_file(), path
@@ -29,7 +30,8 @@ def test_a_tiny_study_writes_every_stage_and_a_report_and_resumes(tiny_preset, t
     for needle in ("## Summary", "## Regime `rich-2d-32`", "### Locality (test pairs)", "| recommended | locality |",
                    "EPE vs control", "true field", "### What the numbers show", "the control is the global model itself",
                    "### Instance optimisation and elastix", "| `tissue_population+io` |", "| `classical` |",
-                   "tissue_population+io - global+io"):
+                   "tissue_population+io - global+io", "tissue_joint - global", "### Regularization headroom",
+                   "rank agreement, val", "rho (Young)"):
         assert needle in text, needle
     assert (report.parent / "study_figures" / "rich-2d-32_locality.png").is_file()
     stamp = (seed / "recommended" / "inference" / "metrics.csv").stat().st_mtime_ns

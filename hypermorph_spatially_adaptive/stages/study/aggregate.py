@@ -19,7 +19,7 @@ from ...data.phantom import TISSUES
 from ...evaluation.bootstrap import Estimate, hierarchical_bootstrap, paired_estimate
 from ...evaluation.headroom import headroom_from_rows
 from ...evaluation.rank_agreement import rank_agreement
-from ..parameter_table import POPULATION, read_parameters
+from ..parameter_table import POPULATION, POPULATION_REFINED, read_parameters
 from .presets import CONTROL, GLOBAL
 from .runner import seed_folder
 
@@ -29,6 +29,7 @@ __all__ = ["INFERENCE_NAMES", "METHOD_ORDER", "IDENTIFICATIONS", "StudyData", "c
 #: The identifications of a seed whose choices the report reads: folder -> what chose the values.
 IDENTIFICATIONS = {"identification_val": "the paper's search: the global model's grid, Dice (validation pairs)",
                    "identification_epe": "oracle: the global model's grid, true EPE (validation pairs)",
+                   "identification_joint": "the joint search: through the spatial model, Dice (validation pairs)",
                    "identification_io": "the instance optimisation's grid, TRE (validation pairs)"}
 
 #: Inference method -> report method, for ``inference/`` and ``inference_epe/``.
@@ -36,11 +37,13 @@ INFERENCE_NAMES = {"inference": {"global": GLOBAL, "tissue_population": "tissue_
                                  "tissue_subject": "tissue_subject", "literature": CONTROL,
                                  "tissue_oracle": "oracle_model"},
                    "inference_epe": {"tissue_population": "oracle_identification"},
+                   "inference_joint": {"tissue_population": "tissue_joint"},
                    "inference_io": {"global+io": "global+io", "tissue_population+io": "tissue_population+io",
                                     "identity+io": "classical", "elastix": "elastix"}}
 #: Stages whose results exist only for some variants or presets.
-OPTIONAL_STAGES = ("inference_io",)
-METHOD_ORDER = (GLOBAL, "tissue_population", "tissue_subject", CONTROL, "oracle_identification", "oracle_model",
+OPTIONAL_STAGES = ("inference_io", "inference_joint")
+METHOD_ORDER = (GLOBAL, "tissue_population", "tissue_joint", "tissue_subject", CONTROL, "oracle_identification",
+                "oracle_model",
                 "global+io", "tissue_population+io", "classical", "elastix")
 
 
@@ -122,10 +125,15 @@ def locality_estimate(data: StudyData, variant: str, class_name: str, which: int
     return hierarchical_bootstrap([[data.locality[variant][seed][class_name][which]] for seed in data.seeds])
 
 
+def _population_scope(table) -> str:
+    return POPULATION_REFINED if table.has(POPULATION_REFINED) else POPULATION
+
+
 def stiffness(out: Path, seed: int, folder: str) -> dict[str, float]:
-    """``lam + mu`` per class of the population scope of ``seed``'s identification ``folder``."""
+    """``lam + mu`` per class of the population scope of ``seed``'s identification ``folder`` (its refined
+    population after a joint search)."""
     table = read_parameters(seed_folder(out, seed) / folder / "parameters.csv")
-    lam, mu = table.values(POPULATION)
+    lam, mu = table.values(_population_scope(table))
     return {name: float(l + m) for name, l, m in zip(table.class_names, lam, mu)}
 
 
@@ -154,6 +162,6 @@ def stiffness_rank_agreement(out: Path, seed: int, folder: str) -> dict[str, flo
     if not path.is_file():
         return None
     table = read_parameters(path)
-    lam, mu = table.values(POPULATION)
+    lam, mu = table.values(_population_scope(table))
     identified = {name: (float(l), float(m)) for name, l, m in zip(table.class_names, lam, mu)}
     return rank_agreement(identified, {name: tissue["E"] for name, tissue in TISSUES.items()})

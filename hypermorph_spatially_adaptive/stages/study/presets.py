@@ -77,6 +77,8 @@ CONTROL = "control"
 METHOD_LABELS = {
     GLOBAL: "global model at the best global pair (Dice on validation pairs)",
     "tissue_population": "spatial model, per-class parameters chosen by Dice on the validation pairs",
+    "tissue_joint": "spatial model, per-class parameters tuned through the spatial model itself by Dice on the "
+                    "validation pairs (the joint search: coordinate search from tissue_population's vector)",
     "tissue_subject": "spatial model, per-class parameters chosen by Dice on each test pair itself",
     CONTROL: "the spatial model at the global pair for every class",
     "oracle_identification": "oracle: per-class parameters chosen by the true EPE with the global model "

@@ -28,7 +28,7 @@ from .runner import IO_VARIANT, seed_folder  # noqa: E402
 
 __all__ = ["write_report"]
 
-TISSUE_METHODS = ("tissue_population", "tissue_subject", "oracle_identification", "oracle_model")
+TISSUE_METHODS = ("tissue_population", "tissue_joint", "tissue_subject", "oracle_identification", "oracle_model")
 LOCALITY_TARGET, LEAKAGE_TARGET = 0.5, 0.5
 
 
@@ -169,8 +169,9 @@ def _setup(preset: str, settings: dict[str, Any], seeds: Sequence[int], variants
     return lines
 
 
-#: The summary's comparisons: (label, method, baseline, variant or None for the recommended one).
+#: The summary's comparisons: (label, method, baseline), with the recommended variant.
 SUMMARY = (("tissue_population - global", "tissue_population", GLOBAL),
+           ("tissue_joint - global (the joint search)", "tissue_joint", GLOBAL),
            ("tissue_subject - global", "tissue_subject", GLOBAL),
            ("oracle_model - global (headroom through the model)", "oracle_model", GLOBAL),
            ("tissue_population+io - global+io", "tissue_population+io", "global+io"),
@@ -195,10 +196,13 @@ def _summary(out: Path, studies: Sequence[tuple[Regime, StudyData]]) -> list[str
             rhos = [r["lam_plus_mu"] for r in (stiffness_rank_agreement(out / regime.name, seed, folder)
                                                for seed in data.seeds) if r is not None]
             finite = [r for r in rhos if not math.isnan(r)]
-            if finite:
-                rows.append(["", f"rank agreement, {folder.removeprefix('identification_')}",
-                             f"rho {sum(finite) / len(finite):+.2f} [{min(finite):+.2f}, {max(finite):+.2f}]"
-                             f" ({len(finite)}/{len(rhos)} seeds defined)", ""])
+            if not rhos:
+                continue
+            # rho is undefined when the identification gives every class the same stiffness (all ties).
+            value = (f"rho {sum(finite) / len(finite):+.2f} [{min(finite):+.2f}, {max(finite):+.2f}]" if finite
+                     else "rho undefined")
+            rows.append(["", f"rank agreement, {folder.removeprefix('identification_')}",
+                         f"{value} ({len(finite)}/{len(rhos)} seeds defined)", ""])
     return lines + _table(["regime", "comparison", "EPE (mm)", "TRE (mm)"], rows)
 
 

@@ -10,7 +10,8 @@ tissue_subject, the control and the model oracle), ``<variant>/inference_epe/`` 
 and ``<variant>/locality/`` (test pairs). With instance optimisation: ``identification_io/`` (parameters chosen
 through the optimisation itself on the first ``io_val_pairs`` validation pairs, by TRE) and
 ``recommended/inference_io/`` (global, tissue_population and identity with their ``+io`` counterparts, and
-elastix, on the test pairs in one process).
+elastix, on the test pairs in one process). The joint search: ``identification_joint/`` (the population vector
+tuned through the recommended spatial model by Dice, validation pairs) and ``recommended/inference_joint/``.
 """
 from __future__ import annotations
 
@@ -120,9 +121,21 @@ def run_seed(out: Path, seed: int, settings: dict[str, Any], variants: Sequence[
         if not (variant_folder / "locality" / "locality.csv").is_file():
             _run("locality", locality_main, [*common, "--split", "test", "--spatial-model", str(spatial),
                                              "--out", str(variant_folder / "locality")])
+        if name == IO_VARIANT:
+            _joint_search(folder, identify, infer, spatial)
         if name == IO_VARIANT and settings.get("io_steps"):
             _instance_optimisation(folder, settings, common, infer, parameters)
     return folder
+
+
+def _joint_search(folder: Path, identify: list[str], infer: list[str], spatial: Path) -> None:
+    """The joint search: the population vector tuned through the spatial model itself by the paper's criterion
+    (Dice on the validation pairs; coordinate search from the paper's choice), then the test pairs with it."""
+    choice = folder / "identification_joint"
+    _identify(choice, [*identify, "--split", "val", "--refine", "--spatial-model", str(spatial)])
+    _infer(folder / IO_VARIANT / "inference_joint",
+           [*infer, "--parameters", str(choice / "parameters.csv"), "--refined", "--methods", "tissue_population",
+            "--no-save-outputs"])
 
 
 def _instance_optimisation(folder: Path, settings: dict[str, Any], common: list[str], infer: list[str],
