@@ -9,7 +9,16 @@ The package is layered; a module imports only from its own layer or the ones bel
 5. :mod:`.stages`: the command-line stages (training, identification, inference, demo).
 
 This module re-exports the names most users need; the transform functions are re-exported for convenience.
+
+Importing the package sets ``OMP_WAIT_POLICY=PASSIVE`` (unless it is set) before torch starts its OpenMP runtime:
+idle threads then sleep instead of spinning. Next to one other CPU-bound process on 2 cores a training run then
+keeps about 26-31% of its speed instead of 18-25% (``benchmarks/bench_contention.py``); sharing cores still costs
+most of it. It has no effect when torch was imported first.
 """
+import os as _os
+
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .core.hyperparams import (hyperparam_names, join_hyperparams, sample_hyperparams, similarity_weight,
                                split_hyperparams, validate_hyperparams)
 from .core.losses import MSE, NCC, local_ncc, mse_loss, ncc_loss

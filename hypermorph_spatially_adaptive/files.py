@@ -1,7 +1,8 @@
 """Files the project writes: atomic writes of text, JSON, CSV and torch files, and the software versions.
 
 Every output goes through :func:`atomic_write`: the content is written to a temporary file beside the target and
-renamed onto it, so a reader (or a process killed mid-write) never sees a partial file. The ground floor of the
+renamed onto it, so a reader (or a process killed mid-write) never sees a partial file; a write that fails (a full
+disk) leaves no temporary behind and raises an OSError naming the target. The ground floor of the
 package: it imports no other module of it.
 """
 from __future__ import annotations
@@ -50,16 +51,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(error, OSError):  # a full disk: name the file meant, not its temporary
+            raise OSError(error.errno, f"cannot write this file ({error.strerror or error})", str(path)) from error
         raise
     return path
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through :func:`atomic_write`."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` through :func:`atomic_write`, serialised in memory first: written to a file, a full disk
+    surfaces as an OSError (torch's own file writer reports it as an unrelated RuntimeError)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

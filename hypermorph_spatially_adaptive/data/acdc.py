@@ -32,8 +32,12 @@ class _ACDCPair:
 def _read_info_cfg(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"ACDC patient description not found: {path}")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"ACDC patient description {path}: not UTF-8 text ({error})") from None
     info = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if ":" in line:
             key, value = line.split(":", 1)
             info[key.strip()] = value.strip()

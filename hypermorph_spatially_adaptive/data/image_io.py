@@ -19,6 +19,10 @@ Conventions, the same as for the NIfTI files read with nibabel (:mod:`.volume_io
 - One NIfTI file has one affine in the project: where ITK (which prefers the qform) and nibabel (which prefers the
   sform, as the Learn2Reg datasets read it) disagree, reading fails and says how to make the header consistent.
 
+Every reader checks the header before any voxel data is read (:mod:`.file_limits`): a voxel limit, real values,
+no more bytes declared than the file can hold, and the data file of a detached header (``.mhd``, ``.nhdr``) a
+regular file beside it.
+
 Displacement fields in ITK formats (:func:`write_displacement`, :func:`read_displacement`) follow ITK's
 convention: a vector image on the fixed grid whose vectors are physical LPS millimetres, so that
 ``sitk.DisplacementFieldTransform`` of the file maps a fixed point ``p`` to ``p + u(p)`` in the moving image, as
@@ -32,6 +36,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..files import atomic_write
+from .file_limits import check_affine, check_declared, detached_data_file
+from .volume_io import check_nifti_header
 
 __all__ = [
     "FORMATS",
@@ -176,13 +182,82 @@ def _header_of_file(path: str) -> tuple[tuple[int, ...], tuple, tuple, tuple, in
             int(reader.GetNumberOfComponents()))
 
 
+def _text_header(path: Path, separator: str, last_key: str | None = None) -> dict[str, str]:
+    """Lower-cased key -> value of the text header of a MetaImage (``Key = Value``, up to ``last_key``) or NRRD
+    (``key: value``, up to the blank line) file, from its first 64 KiB."""
+    with open(path, "rb") as handle:
+        text = handle.read(1 << 16).decode("latin-1")
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if separator == ":" and not line.strip():
+            break
+        key, found, value = line.partition(separator)
+        if found:
+            fields[key.strip().lower()] = value.strip()
+            if key.strip().lower() == last_key:
+                break
+    return fields
+
+
+def _stored_bytes(path: Path, fmt: str, what: str) -> tuple[int | None, str | None, bool]:
+    """(bytes of voxel data the file holds or None when unknown, their compression, whether each value is text)."""
+    if fmt == "dicom":
+        return None, None, False  # compressed transfer syntaxes have no bound on their ratio: the voxel limit holds
+    name, size = path.name.lower(), path.stat().st_size
+    if fmt == "nifti":
+        return size, "deflate" if name.endswith(".gz") else None, False
+    if fmt == "mha":
+        fields = _text_header(path, "=", "elementdatafile")
+        data = fields.get("elementdatafile")
+        if data is None:
+            raise ValueError(f"{what} {path}: a MetaImage header without ElementDataFile")
+        if data.upper().startswith("LIST"):
+            raise ValueError(f"{what} {path}: ElementDataFile LIST (one file per slice) is not supported; write the "
+                             f"image as one .mha or .mhd/.raw pair")
+        if data.upper() != "LOCAL":
+            size = detached_data_file(path, data, what).stat().st_size
+        return size, "deflate" if fields.get("compresseddata", "").lower() == "true" else None, False
+    fields = _text_header(path, ":")
+    data = fields.get("data file", fields.get("datafile"))
+    if data is not None:
+        size = detached_data_file(path, data, what).stat().st_size
+    encoding = fields.get("encoding", "raw").lower()
+    compression = {"raw": None, "gzip": "deflate", "gz": "deflate", "ascii": None, "text": None, "txt": None,
+                   "hex": None}.get(encoding, encoding)
+    return size, compression, encoding in ("ascii", "text", "txt", "hex")
+
+
+def _check_declared(path: Path, what: str, fmt: str, stream: bool = False) -> None:
+    """Refuse the header of ``path`` before any voxel data is read (see :mod:`.file_limits`); ``stream``, before
+    reading the voxels, also checks that a gzip-compressed NIfTI is complete (ITK reads a truncated one as zeros)."""
+    nifti = _nifti_header(path, fmt, what)
+    if nifti is not None:
+        check_nifti_header(nifti, path, what, stream)
+        return
+    sitk = _sitk()
+    files = dicom_series_files(path) if path.is_dir() else [str(path)]
+    available, compression, text = _stored_bytes(path, fmt, what)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise ValueError(f"{what} {path}: cannot read the header ({str(error).strip().splitlines()[-1]})") from None
+    shape = tuple(int(n) for n in reader.GetSize()) + ((len(files),) if len(files) > 1 else ())
+    pixel = reader.GetPixelID()
+    complex_ = "complex" in sitk.GetPixelIDValueAsString(pixel).lower()
+    itemsize = 1 if text else sitk.GetArrayViewFromImage(sitk.Image([1] * reader.GetDimension(), pixel)).itemsize
+    check_declared(path, what, shape, int(reader.GetNumberOfComponents()), itemsize, complex_, available,
+                   compression)
+
+
 def _checked(path: Path, what: str, fmt: str | None = None) -> str:
     if not path.exists():
         raise FileNotFoundError(f"{what} not found: {path}")
     return fmt or image_format(path)
 
 
-def _nifti_header(path: Path, fmt: str):
+def _nifti_header(path: Path, fmt: str, what: str):
     """The nibabel image (header only) of a NIfTI file, else None."""
     if fmt != "nifti":
         return None
@@ -220,7 +295,8 @@ def read_header(path: str | Path, what: str = "image") -> ImageHeader:
     """
     path = Path(path)
     fmt = _checked(path, what)
-    nifti = _nifti_header(path, fmt)
+    _check_declared(path, what, fmt)
+    nifti = _nifti_header(path, fmt, what)
     if _nibabel_only(nifti):
         return ImageHeader(tuple(int(n) for n in nifti.shape), np.asarray(nifti.affine, dtype=np.float64), 1, fmt)
     try:
@@ -241,6 +317,7 @@ def read_header(path: str | Path, what: str = "image") -> ImageHeader:
         raise ValueError(f"{what} {path}: expected a 2D or 3D image, got {len(size)} axes of sizes {size}")
     shape = size[:2] if len(size) == 3 and fmt == "dicom" and size[2] == 1 and not path.is_dir() else size
     affine = affine_from_itk(origin, spacing, direction)
+    check_affine(affine, shape, path, what)
     _check_nifti_affine(nifti, affine, path, what)
     return ImageHeader(tuple(shape), affine, components, fmt)
 
@@ -275,9 +352,16 @@ def _to_array(image, path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_array(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
-    nifti = _nifti_header(path, _checked(path, what))
+    fmt = _checked(path, what)
+    _check_declared(path, what, fmt, stream=True)
+    nifti = _nifti_header(path, fmt, what)
     if _nibabel_only(nifti):
-        return np.ascontiguousarray(np.asanyarray(nifti.dataobj))[..., None], np.asarray(nifti.affine, np.float64)
+        try:
+            array = np.asanyarray(nifti.dataobj)
+        except Exception as error:  # noqa: BLE001 - the decompressors raise several types
+            raise ValueError(f"{what} {path}: cannot read the voxel data ({type(error).__name__}: {error}); the "
+                             f"file is truncated or damaged") from None
+        return np.ascontiguousarray(array)[..., None], np.asarray(nifti.affine, np.float64)
     array, affine = _to_array(_read_itk(path, what), path, what)
     _check_nifti_affine(nifti, affine, path, what)
     return array, affine
@@ -373,7 +457,7 @@ def read_displacement(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     the grid's voxel -> RAS affine. A field of 2 components on a 2D grid gives ``[2, H, W]``."""
     sitk = _sitk()
     path = Path(path)
-    _checked(path, "displacement")
+    _check_declared(path, "displacement", _checked(path, "displacement"), stream=True)
     image = _read_itk(path, "displacement")
     ndim, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
     if components != ndim:

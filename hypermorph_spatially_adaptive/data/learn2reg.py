@@ -88,8 +88,8 @@ class Learn2RegDataset(PairDataset):
             raise FileNotFoundError(f"{self.name} dataset description not found: {self.json_path}")
         try:
             self.description = json.loads(self.json_path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{self.json_path}: not valid JSON ({error})") from error
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{self.json_path}: not valid JSON in UTF-8 ({error})") from None
         if not isinstance(self.description, dict):
             raise ValueError(f"{self.json_path}: expected a JSON object with the pair lists")
         file_ndim = self._file_ndim()
@@ -166,7 +166,8 @@ class Learn2RegDataset(PairDataset):
         return pairs
 
     def _entry_path(self, value: Any, where: str) -> Path:
-        """A path of the description file: relative, and inside the dataset folder once normalised."""
+        """A path of the description file: relative, and inside the dataset folder once normalised and once its
+        links are followed."""
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{self.json_path}: {where} must be a file path relative to the dataset folder, got "
                              f"{value!r}")
@@ -174,6 +175,10 @@ class Learn2RegDataset(PairDataset):
         if Path(value).is_absolute() or not path.is_relative_to(Path(os.path.normpath(self.root))):
             raise ValueError(f"{self.json_path}: {where} {value!r} leaves the dataset folder {self.root}; paths must "
                              f"be relative to it, without '..' out of it")
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise ValueError(f"{self.json_path}: {where} {value!r} is a link that leaves the dataset folder "
+                             f"{self.root} (to {path.resolve()}); copy the file into the folder or list your files "
+                             f"in a pairs CSV (--dataset pairs)")
         return path
 
     def _split_entries(self) -> list[tuple[Path, Path]]:

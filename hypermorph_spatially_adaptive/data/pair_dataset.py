@@ -177,6 +177,10 @@ def make_item(fixed: np.ndarray, moving: np.ndarray, spacing: Sequence[float], a
     def image(a):
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)[None])
 
+    if min(np.shape(fixed)) < 2:
+        raise ValueError(f"pair {pair_id}: the fixed image is {'x'.join(map(str, np.shape(fixed)))} voxels once "
+                         f"read and preprocessed; registration needs at least 2 voxels along every axis")
+
     item: dict[str, Any] = {"fixed": image(fixed), "moving": image(moving)}
     if fixed_labels is not None and moving_labels is not None:
         item["fixed_labels"] = torch.from_numpy(np.ascontiguousarray(fixed_labels, dtype=np.int64)[None])

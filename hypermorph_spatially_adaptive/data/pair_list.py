@@ -68,8 +68,8 @@ def read_class_names(path: str | Path) -> tuple[str, ...]:
         raise FileNotFoundError(f"classes_json file not found: {path}")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"classes_json {path}: not valid JSON ({error})") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"classes_json {path}: not valid JSON in UTF-8 ({error})") from None
     if isinstance(data, dict) and "labels" in data:
         data = data["labels"]
     if isinstance(data, dict):
@@ -236,6 +236,9 @@ class PairListDataset(PairDataset):
                 if len(head.shape) != file_ndim:
                     raise ValueError(f"{getattr(record, side)}: a {len(head.shape)}D image among {file_ndim}D ones "
                                      f"{where}; all images of a pairs CSV have one dimension")
+                if sum(size > 1 for size in head.shape) < 2:
+                    raise ValueError(f"{getattr(record, side)}: an image of {'x'.join(map(str, head.shape))} "
+                                     f"voxels {where}; registration needs at least 2 voxels along 2 axes")
                 heads[side] = head
                 labels = getattr(record, f"{side}_labels")
                 if labels is not None:

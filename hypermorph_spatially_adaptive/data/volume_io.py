@@ -6,7 +6,8 @@ shape and affine without voxel data, so that datasets can check their files when
 header-less comma-separated files of 0-based voxel coordinates. :func:`window_ct` (CT, HU) and
 :func:`robust_minmax` (MR, percentiles) map intensities to [0, 1].
 
-Every reader checks what it reads (images, masks and displacements finite, labels whole numbers in range) and
+Every reader checks the header before it reads voxel data (:func:`~.file_limits.check_declared`: a voxel limit,
+real values, as many bytes as declared) and what it reads (images, masks and displacements finite, labels whole numbers in range) and
 raises a ValueError naming the file when it cannot read it (truncated or damaged) or its values are wrong;
 :func:`check_file` runs the reader of one kind of file, for a dataset's scan of all its files.
 """
@@ -19,6 +20,8 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
+from .file_limits import check_affine, check_declared, gzip_size
+
 __all__ = [
     "DEFAULT_HU_WINDOW",
     "AFFINE_ATOL_MM",
@@ -27,6 +30,7 @@ __all__ = [
     "read_keypoints",
     "keypoint_file_shape",
     "read_header",
+    "check_nifti_header",
     "same_affine",
     "check_same_grid",
     "load_image",
@@ -88,8 +92,11 @@ def keypoint_file_shape(path: Path) -> tuple[int, int]:
     """(rows, columns) of a keypoint file without parsing the numbers."""
     if not path.is_file():
         raise FileNotFoundError(f"keypoint file not found: {path}")
-    with open(path) as handle:
-        rows = [line for line in handle if line.strip()]
+    try:
+        with open(path) as handle:
+            rows = [line for line in handle if line.strip()]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"keypoint file {path}: not text ({error})") from None
     return len(rows), (len(rows[0].split(",")) if rows else 0)
 
 
@@ -101,7 +108,29 @@ def read_header(path: Path, what: str) -> tuple[tuple[int, ...], np.ndarray]:
         image = nib.load(str(path))
     except Exception as error:  # noqa: BLE001 - nibabel raises several types; report them with the file name
         raise ValueError(f"{what} {path}: cannot read the NIfTI header ({error})") from error
+    check_nifti_header(image, path, what)
     return tuple(int(n) for n in image.shape), np.asarray(image.affine, dtype=np.float64)
+
+
+def check_nifti_header(image: nib.spatialimages.SpatialImage, path: Path, what: str, stream: bool = False) -> None:
+    """:func:`~.file_limits.check_declared` for a NIfTI file opened by nibabel (header only): the first three axes
+    are the grid, the others values per voxel; a ``.nii`` must hold its bytes, a ``.nii.gz`` can expand at most
+    as much as deflate does. ``stream`` also decompresses a ``.nii.gz`` once (:func:`~.file_limits.gzip_size`) to
+    check that it holds every byte, for readers that do not notice a truncated stream."""
+    shape = tuple(int(n) for n in image.shape)
+    dtype = image.header.get_data_dtype()
+    components = 1
+    for size in shape[3:]:
+        components *= size
+    name = path.name.lower()
+    compression = "deflate" if name.endswith(".gz") else None
+    offset = 0 if compression else int(image.header.get_data_offset())
+    available = path.stat().st_size - offset if name.endswith((".nii", ".nii.gz")) else None
+    check_declared(path, what, shape[:3], components, dtype.itemsize, dtype.kind == "c", available, compression)
+    check_affine(image.affine, shape, path, what)
+    if stream and compression:
+        offset = int(image.header.get_data_offset())
+        check_declared(path, what, shape[:3], components, dtype.itemsize, False, gzip_size(path, what) - offset, None)
 
 
 def same_affine(a: np.ndarray, b: np.ndarray) -> bool:
@@ -129,11 +158,13 @@ def _as3d(array: np.ndarray) -> np.ndarray:
 
 def _open(path: Path, what: str) -> nib.spatialimages.SpatialImage:
     try:
-        return nib.load(str(path))
+        image = nib.load(str(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
     except Exception as error:  # noqa: BLE001 - nibabel raises several types; report them with the file name
         raise ValueError(f"{what} {path}: cannot read the NIfTI file ({type(error).__name__}: {error})") from None
+    check_nifti_header(image, path, what)
+    return image
 
 
 def _voxels(image: nib.spatialimages.SpatialImage, path: Path, what: str, read) -> np.ndarray:

@@ -30,7 +30,7 @@ import torch
 from ..core.hyperparams import REGULARIZERS, params_per_class
 from ..files import atomic_torch_save
 
-__all__ = ["FORMAT", "MODEL_TYPES", "RUN_CHECKPOINT", "ModelKind", "kind_from_config", "model_kind",
+__all__ = ["FORMAT", "MODEL_TYPES", "RUN_CHECKPOINT", "CONFIG_BOUNDS", "ModelKind", "kind_from_config", "model_kind",
            "hyper_model_config", "model_file", "training_checkpoint", "save_checkpoint", "read_checkpoint",
            "resolve_checkpoint"]
 
@@ -147,12 +147,47 @@ def _safe_globals() -> list:
             pathlib.PurePosixPath, pathlib.PosixPath, pathlib.PureWindowsPath, pathlib.WindowsPath]
 
 
+#: Bounds of the whole-number entries of a ``model_config`` (of each element of a list): a file outside them is
+#: refused before a model is built.
+CONFIG_BOUNDS = {"inshape": (1, 1 << 14), "nb_hyp_params": (1, 1 << 12), "enc_features": (1, 1 << 12),
+                 "dec_features": (1, 1 << 12), "int_steps": (0, 64), "hyper_layers": (0, 64),
+                 "hyper_units": (1, 1 << 14)}
+# The entries that are lists, and their allowed lengths (``inshape``: 2D or 3D).
+_LIST_LENGTHS = {"inshape": range(2, 4), "enc_features": range(1, 17), "dec_features": range(1, 33)}
+
+
+def _check_model_config(config: Any, path: str) -> None:
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: 'model_config' must be a dict, got {type(config).__name__}")
+    for key, (low, high) in CONFIG_BOUNDS.items():
+        if key not in config:
+            continue
+        value, lengths = config[key], _LIST_LENGTHS.get(key)
+        is_list = isinstance(value, (list, tuple))
+        values = value if lengths is not None and is_list else [value]
+        whole = all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values)
+        if not whole or (lengths is not None and not (is_list and len(value) in lengths)):
+            what = f"a list of {lengths.start} to {lengths.stop - 1} whole numbers" if lengths else "a whole number"
+            raise ValueError(f"{path}: model_config {key!r} must be {what} in {low}..{high}, got {value!r}")
+
+
+def _check_finite_weights(state: Any, path: str) -> None:
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: 'model_state' must be a state dict, got {type(state).__name__}")
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            count = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"{path}: weight {name!r} holds {count} NaN or infinite value(s); the file is damaged "
+                             f"or comes from a diverged run")
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a model file or training checkpoint with ``weights_only=True`` (numpy RNG states and paths allowed;
     anything needing arbitrary unpickling is refused), check its model keys and upgrade a v1 file.
 
-    An upgraded payload carries ``upgraded_from``. Raises FileNotFoundError for a missing file, ValueError for an
-    unreadable, incomplete or unknown one.
+    Every ``model_config`` value must lie in its bounds (:data:`CONFIG_BOUNDS`) and every weight be finite. An
+    upgraded payload carries ``upgraded_from``. Raises FileNotFoundError for a missing file, ValueError for an
+    unreadable, incomplete, out-of-bounds, non-finite or unknown one.
     """
     path = os.fspath(path)
     try:
@@ -169,6 +204,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     for key in ("model_config", "model_state"):
         if key not in payload:
             raise ValueError(f"{path}: missing key {key!r} (found keys {sorted(map(str, payload))})")
+    _check_model_config(payload["model_config"], path)
+    _check_finite_weights(payload["model_state"], path)
     version = payload.get("format", FORMAT)
     if version == _V1:
         state = {name: value.t().contiguous() if name.endswith(_HEAD_WEIGHTS) else value

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from ..data import registry
+from ..data.file_limits import DEFAULT_MAX_VOXELS, voxel_limit
 from ..data.pair_dataset import EmptySplitError
 from ..files import atomic_write_json, software_versions
 from .run_folder import OutputLock, check_owner
@@ -32,6 +33,7 @@ __all__ = [
     "add_data_args",
     "add_run_args",
     "add_model_arg",
+    "seed_value",
     "default_checkpoint",
     "lam_mu",
     "parse_args_with_config",
@@ -72,6 +74,16 @@ def add_data_args(parser: argparse.ArgumentParser, split: str = "train") -> None
     group.add_argument("--no-data-scan", dest="data_scan", action="store_false",
                        help="do not open every file of the dataset when it is opened (for very large datasets); each "
                             "pair's files are then checked when the pair is loaded")
+    group.add_argument("--max-voxels", type=int, default=DEFAULT_MAX_VOXELS, metavar="N",
+                       help="refuse an image file whose header declares more voxels than N, before reading it")
+
+
+def seed_value(text: str) -> int:
+    """A ``--seed``: a whole number that every random generator takes (0 to 2**32 - 1)."""
+    seed = int(text)
+    if not 0 <= seed < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must lie in 0..{2 ** 32 - 1}, got {text}")
+    return seed
 
 
 def add_run_args(parser: argparse.ArgumentParser, out: str, dry_run: bool = False) -> None:
@@ -80,8 +92,11 @@ def add_run_args(parser: argparse.ArgumentParser, out: str, dry_run: bool = Fals
     group = parser.add_argument_group("run")
     group.add_argument("--out", default=out, help="output folder")
     group.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    group.add_argument("--seed", type=int, default=0, help="random seed")
+    group.add_argument("--seed", type=seed_value, default=0, help="random seed (0 to 2**32 - 1)")
     group.add_argument("--config", default=None, help="JSON or YAML file of option defaults (flags override it)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out (its files are removed once every input is checked); "
+                            "without it a finished run is continued only with --resume")
     if dry_run:
         group.add_argument("--dry-run", action="store_true",
                            help="resolve the options, open the data, build the model, time a short warm-up and print "
@@ -122,7 +137,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--config {path}: file not found")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--config {path}: not UTF-8 text ({error})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -135,7 +153,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
     # A resolved config.json of an earlier run nests the options; accept it as a template.
-    return dict(data.get("options", data))
+    options = data.get("options", data)
+    if not isinstance(options, dict):
+        raise ValueError(f"--config {path}: 'options' must be a mapping of option names to values, got "
+                         f"{json.dumps(options, default=str)}")
+    return dict(options)
 
 
 _SWITCHES = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
@@ -308,12 +330,13 @@ def run_stage(parser: argparse.ArgumentParser, work: Callable[[argparse.Namespac
     """Parse ``argv`` (with ``--config``), call ``work(args)`` and return the exit code.
 
     With ``stage`` (the stage's name), ``work`` runs while this process holds the lock of ``--out``
-    (:func:`output_folder`). ``errors`` (bad input) and a file that cannot be read or written (OSError) exit with
+    (:func:`output_folder`); images are read under the voxel limit of ``--max-voxels`` where the stage has it. ``errors`` (bad input) and a file that cannot be read or written (OSError) exit with
     code 2 and a one-line message on stderr.
     """
     try:
         args = parse_args_with_config(parser, argv)
-        with output_folder(args, stage) if stage is not None else contextlib.nullcontext():
+        with voxel_limit(getattr(args, "max_voxels", None)), \
+                output_folder(args, stage) if stage is not None else contextlib.nullcontext():
             result = work(args)
     except (*errors, OSError) as error:
         parser.exit(2, f"{parser.prog}: error: {error_message(error)}\n")

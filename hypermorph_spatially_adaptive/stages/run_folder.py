@@ -11,6 +11,9 @@
   determine its results and the identity (size, sha256) of every input checkpoint or parameters file. Another
   stage refuses the folder (:func:`check_owner`); ``--resume`` refuses a run that differs in any of them
   (:func:`check_resume`), naming what differs.
+- :func:`claim_folder`: a folder that holds a finished (or, for training and inference, a started) run of the
+  stage is continued only with ``--resume`` and the same options, replaced only with ``--overwrite`` (its files
+  removed first), and refused otherwise.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import signal
 import stat
 import threading
@@ -28,7 +32,7 @@ from typing import Any, Collection, Mapping
 from ..files import atomic_write_json
 
 __all__ = ["LOCK_NAME", "RECORD_NAME", "OutputLock", "file_identity", "run_record", "read_record", "folder_owner",
-           "check_owner", "check_resume", "record_run"]
+           "check_owner", "check_resume", "claim_folder", "clear_folder", "record_run"]
 
 LOCK_NAME = ".lock"
 RECORD_NAME = "run.json"
@@ -352,6 +356,34 @@ def _show(value: Any) -> str:
     if isinstance(value, list):
         return " ".join(map(str, value)) if len(value) <= 8 else f"[{len(value)} values]"
     return str(value)
+
+
+def claim_folder(folder: str | os.PathLike, record: Mapping[str, Any], holds_run: bool, resume: bool,
+                 overwrite: bool, may_differ: Collection[str] = ()) -> None:
+    """Check that the run of ``record`` may write into ``folder`` (the lock holder calls it once every input is
+    checked, before writing): ``holds_run`` says whether the folder holds results of this stage that a new run
+    would replace. Those are continued only with ``resume`` (:func:`check_resume`: the same options but
+    ``may_differ``), replaced only with ``overwrite`` (the folder's files are removed now), else ValueError."""
+    folder = Path(folder)
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    if resume:
+        check_resume(folder, record, may_differ=may_differ)
+    elif overwrite:
+        clear_folder(folder)
+    elif holds_run:
+        raise ValueError(f"--out {folder} already holds a run of the {record['stage']} stage; pass --resume to "
+                         f"continue it (with the same options), --overwrite to replace it, or choose another --out")
+
+
+def clear_folder(folder: str | os.PathLike) -> None:
+    """Remove everything in ``folder`` but its lock file (``--overwrite``; only the lock holder may call it)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.name != LOCK_NAME:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def record_run(folder: str | os.PathLike, record: Mapping[str, Any]) -> Path:

@@ -3,7 +3,9 @@ the option or file, writes nothing and damages nothing; two runs into one folder
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -18,7 +20,8 @@ import pytest
 import torch
 
 from hypermorph_spatially_adaptive import HyperVxmDense
-from hypermorph_spatially_adaptive.stages import identification, inference, training
+from hypermorph_spatially_adaptive.models.checkpoints import read_checkpoint
+from hypermorph_spatially_adaptive.stages import identification, inference, locality, training
 from hypermorph_spatially_adaptive.stages.cli import error_message
 from hypermorph_spatially_adaptive.stages.run_folder import LOCK_NAME, OutputLock
 
@@ -26,7 +29,7 @@ from conftest import TINY_MODEL_FLAGS
 
 REPO = Path(__file__).resolve().parents[2]
 MAINS = {"train": lambda argv: training.main("global", argv), "identify": identification.main,
-         "infer": inference.main}
+         "infer": inference.main, "locality": locality.main}
 
 
 def _train_argv(data, out, *extra):
@@ -232,7 +235,7 @@ def _case(name, runs, data, tmp):
         state = torch.load(runs["global"] / "checkpoints" / "last.pt", weights_only=False)
         state["model_config"]["enc_features"] = [4, 10 ** 7]
         torch.save(state, tmp / "absurd.pt")
-        return "identify", _identify_argv(data, tmp / "absurd.pt", out), "'model_state' does not match"
+        return "identify", _identify_argv(data, tmp / "absurd.pt", out), "model_config 'enc_features' must be"
     if name == "--ncc-window 4":
         return "train", _train_argv(data, out, "--ncc-window", "4"), "--ncc-window must be odd"
     if name == "--val-max-pairs 0":
@@ -248,6 +251,161 @@ def _case(name, runs, data, tmp):
                    "pair_id absolute": str(tmp / "elsewhere")}[name]
         return "identify", _identify_pairs_argv(_pairs_csv(data, tmp, pair_id=pair_id), runs["global"], out), \
             f"pairs.csv, line 2: pair id {pair_id!r}"
+    return _hostile_case(name, runs, data, tmp, out)
+
+
+def _nifti(path, array, affine=None):
+    nib.save(nib.Nifti1Image(array, np.diag([2.0, 2.0, 1.0, 1.0]) if affine is None else affine), str(path))
+    return path
+
+
+def _mhd(tmp, data_file, size=(40000, 40000)):
+    header = tmp / "image.mhd"
+    header.write_text(f"ObjectType = Image\nNDims = 2\nDimSize = {size[0]} {size[1]}\nElementType = MET_FLOAT\n"
+                      f"ElementDataFile = {data_file}\n")
+    return header
+
+
+def _doctored_checkpoint(runs, tmp, edit):
+    """The global model's checkpoint with ``edit(payload)`` applied, as ``tmp/doctored.pt``."""
+    state = torch.load(runs["global"] / "checkpoints" / "last.pt", weights_only=False)
+    edit(state)
+    torch.save(state, tmp / "doctored.pt")
+    return tmp / "doctored.pt"
+
+
+def _hostile_case(name, runs, data, tmp, out):
+    """Cases of a careless or hostile user: files that would run code, write outside --out, exhaust memory, or
+    replace finished results."""
+    if name == "identification rerun into a finished run with other options":
+        return "identify", _identify_argv(data, runs["global"], _copy(runs["identification"], out), "--grid-step",
+                                          "0.25"), "already holds a run of the identification stage"
+    if name == "inference rerun into a finished run":
+        return "infer", _infer_argv(data, runs, _copy(runs["inference"], out)), \
+            "already holds a run of the inference stage"
+    if name == "locality rerun into a finished run with other options":
+        argv = ["--data-root", str(data), "--split", "test", "--spatial-model", str(runs["spatial"]), "--device", "cpu",
+                "--out", str(out)]
+        assert MAINS["locality"](argv) == 0
+        return "locality", [*argv, "--base-params", "0.2", "0.2"], "already holds a run of the locality stage"
+    if name == "--resume with --overwrite":
+        return "train", _train_argv(data, _copy(runs["training"], out), "--resume", "--overwrite"), \
+            "give one of them"
+    if name == "resume training with a shorter --steps":
+        return "train", _train_argv(data, _copy(runs["training"], out), "--resume", "--steps", "1"), \
+            "is at step 2 already"
+    if name.startswith("truncated .nii.gz in a pairs CSV"):
+        copy = _copy_data(data, tmp)
+        path = copy / "imagesTr" / "PHANTOM_0001_0001.nii.gz"
+        path.write_bytes(path.read_bytes()[:path.stat().st_size * 3 // 4])
+        pairs = _pairs_csv(copy, tmp)
+        scan = ["--no-data-scan"] if "no-data-scan" in name else []
+        if "training" in name:
+            argv = _pairs_argv(pairs) + _train_argv("unused", out, *scan)[4:]
+            argv[argv.index("--batch-size") + 1] = "1"
+            return "train", argv, path.name
+        return "identify", _identify_pairs_argv(pairs, runs["global"], out, *scan), path.name
+    if name == "header bomb .nii (32767 x 32767 in 4 KB)":
+        header = nib.Nifti1Header()
+        header.set_data_shape((32767, 32767))
+        header.set_data_dtype(np.float32)
+        bomb = tmp / "bomb.nii"
+        bomb.write_bytes(header.binaryblock + b"\0" * 4096)
+        return "identify", _identify_pairs_argv(_pairs_csv(data, tmp, fixed=bomb), runs["global"], out), \
+            f"{bomb}: the header declares 32767 x 32767"
+    if name == ".nii declaring more bytes than it holds":
+        header = nib.Nifti1Header()
+        header.set_data_shape((32, 32))
+        header.set_data_dtype(np.float32)
+        short = tmp / "short.nii"
+        short.write_bytes(header.binaryblock + b"\0" * 100)
+        return "identify", _identify_pairs_argv(_pairs_csv(data, tmp, fixed=short), runs["global"], out), \
+            f"{short}: the header declares 4,096 bytes"
+    if name == ".mhd reading a device":
+        return "identify", _identify_pairs_argv(_pairs_csv(data, tmp, fixed=_mhd(tmp, "/dev/zero")), runs["global"],
+                                                out), "data file '/dev/zero' must be one file given relative"
+    if name == ".mhd data file outside its folder":
+        (tmp / "outside.raw").write_bytes(b"\0" * 16)
+        folder = tmp / "images"
+        folder.mkdir()
+        return "identify", _identify_pairs_argv(_pairs_csv(data, tmp, fixed=_mhd(folder, "../outside.raw", (2, 2))),
+                                                runs["global"], out), "leads out of the header's folder"
+    if name == ".mhd data file a link to a device":
+        folder = tmp / "images"
+        folder.mkdir()
+        (folder / "zero.raw").symlink_to("/dev/zero")
+        return "identify", _identify_pairs_argv(_pairs_csv(data, tmp, fixed=_mhd(folder, "zero.raw")),
+                                                runs["global"], out), "zero.raw' leads out of the header's folder"
+    if name == "complex-valued image":
+        path = _nifti(tmp / "complex.nii.gz", np.ones((32, 32, 1), np.complex64))
+        return "identify", _identify_pairs_argv(_pairs_csv(data, tmp, fixed=path), runs["global"], out), \
+            f"{path}: complex-valued voxels"
+    if name == "1-voxel image":
+        path = _nifti(tmp / "dot.nii.gz", np.ones((1, 1, 1), np.float32))
+        return "identify", _identify_pairs_argv(_pairs_csv(data, tmp, fixed=path), runs["global"], out), \
+            f"{path}: an image of 1x1x1 voxels"
+    if name == "zero sform column":
+        copy = _copy_data(data, tmp)
+        path = _first(copy, "imagesTr", "*_0000.nii.gz")
+        image = nib.load(str(path))
+        content = bytearray(nib.Nifti1Image(np.asarray(image.dataobj), image.affine).to_bytes())
+        header = nib.Nifti1Header.from_fileobj(io.BytesIO(bytes(content)))
+        affine = image.affine.copy()
+        affine[:, 1] = 0  # the sform only: nibabel writes no such qform
+        header.set_sform(affine, code=1)
+        header.set_qform(image.affine, code=0)
+        content[:348] = header.binaryblock
+        path.write_bytes(gzip.compress(bytes(content)))
+        return "train", _train_argv(copy, out), f"{path.name}: the header's voxel -> world affine (sform/qform) " \
+                                                f"has a zero column for axis 1"
+    if name == "symlink in the data root leading out of it":
+        copy = _copy_data(data, tmp)
+        path = _first(copy, "imagesTr", "*_0000.nii.gz")
+        outside = tmp / "elsewhere.nii.gz"
+        shutil.move(path, outside)
+        path.symlink_to(outside)
+        return "train", _train_argv(copy, out), "is a link that leaves the dataset folder"
+    if name.startswith("NaN weights"):
+        def poison(state):
+            state["model_state"]["flow.bias"][0] = float("nan")
+        model = _doctored_checkpoint(runs, tmp, poison)
+        if "inference" in name:
+            return "infer", _infer_argv(data, {**runs, "global": model}, out), f"{model}: weight 'flow.bias' holds 1 NaN"
+        return "identify", _identify_argv(data, model, out), f"{model}: weight 'flow.bias' holds 1 NaN"
+    if name == "checkpoint int_steps 1e9":
+        model = _doctored_checkpoint(runs, tmp, lambda state: state["model_config"].__setitem__("int_steps", 1e9))
+        return "identify", _identify_argv(data, model, out), "model_config 'int_steps' must be a whole number in 0..64"
+    if name == "diffusion model as --global-model (inference)":
+        diffusion = tmp / "diffusion"
+        assert MAINS["train"](_train_argv(data, diffusion, "--regularizer", "diffusion")) == 0
+        return "infer", _infer_argv(data, {**runs, "global": diffusion}, out), "a diffusion model"
+    if name.startswith("non-UTF-8"):
+        what = name[len("non-UTF-8 "):]
+        if what == "config":
+            config = tmp / "options.yaml"
+            config.write_bytes(b"seed: 2\n# \xff\n")
+            return "train", _train_argv(data, out, "--config", str(config)), f"--config {config}: not UTF-8"
+        copy = _copy_data(data, tmp)
+        path = copy / "PHANTOM_dataset.json" if what == "dataset JSON" else \
+            _first(copy, "keypointsTr", "*_0006_0000.csv")
+        path.write_bytes(path.read_bytes() + b"\xff\xfe")
+        return "infer", _infer_argv(copy, runs, out), path.name
+    if name == "config seed: 1e23":
+        return "train", _train_argv(data, out, "--config", str(_config(tmp, "seed: 1e23\n"))), "'seed'"
+    if name == "config options: 5":
+        return "train", _train_argv(data, out, "--config", str(_config(tmp, "options: 5\n"))), "'options' must be"
+    if name == "--seed 1e23":
+        return "train", _train_argv(data, out, "--seed", str(10 ** 23)), "--seed"
+    if name == "--lr inf":
+        return "train", _train_argv(data, out, "--lr", "inf"), "--lr must be a positive finite number"
+    if name == "--max-voxels below the data":
+        return "train", _train_argv(data, out, "--max-voxels", "100"), "more than the limit of 100"
+    if name == "lock file a symlink":
+        target = tmp / "precious.txt"
+        target.write_text("keep me")
+        out.mkdir()
+        (out / LOCK_NAME).symlink_to(target)
+        return "train", _train_argv(data, out), "is a symbolic link, not a lock file"
     raise AssertionError(name)
 
 
@@ -271,11 +429,24 @@ CASES = ["resume training with another --data-root", "resume training with anoth
          "config steps: 2.7", "config steps: true", "config amp: 'no'", "config criterion: bogus",
          "identification into a training folder", "inference into an identification folder",
          "training into a folder of other files", "truncated image", "NaN voxels", "NaN in a true displacement",
-         *[f"--out is a file: {stage}" for stage in MAINS], *[f"--out cannot be written: {stage}" for stage in MAINS],
+         *[f"--out is a file: {stage}" for stage in ("train", "identify", "infer")],
+         *[f"--out cannot be written: {stage}" for stage in ("train", "identify", "infer")],
          "pair entry number", "pair entry null", "pair entry a number as file", "pair path absolute",
          "pair path with ..", "parameters.csv row with too few fields", "--resume from a model.save file",
          "checkpoint config of an absurd size", "--ncc-window 4", "--val-max-pairs 0", "--val-split typo",
-         "pairs listed twice (inference)", "pair_id leading out of --out", "pair_id absolute"]
+         "pairs listed twice (inference)", "pair_id leading out of --out", "pair_id absolute",
+         "identification rerun into a finished run with other options", "inference rerun into a finished run",
+         "locality rerun into a finished run with other options", "--resume with --overwrite",
+         "resume training with a shorter --steps",
+         "truncated .nii.gz in a pairs CSV (identification)", "truncated .nii.gz in a pairs CSV (training)",
+         "truncated .nii.gz in a pairs CSV (identification, --no-data-scan)",
+         "truncated .nii.gz in a pairs CSV (training, --no-data-scan)", "header bomb .nii (32767 x 32767 in 4 KB)",
+         ".nii declaring more bytes than it holds", ".mhd reading a device", ".mhd data file outside its folder",
+         ".mhd data file a link to a device", "complex-valued image", "1-voxel image", "zero sform column",
+         "symlink in the data root leading out of it", "NaN weights (identification)", "NaN weights (inference)",
+         "checkpoint int_steps 1e9", "diffusion model as --global-model (inference)", "non-UTF-8 config",
+         "non-UTF-8 dataset JSON", "non-UTF-8 keypoint file", "config seed: 1e23", "config options: 5",
+         "--seed 1e23", "--lr inf", "--max-voxels below the data", "lock file a symlink"]
 
 
 def _digest(path):
@@ -467,8 +638,6 @@ def test_no_module_of_the_package_unpickles_arbitrary_objects():
 
 def _pickle_case(where, runs, data, tmp):
     """(main, argv, the crafted file) for a crafted checkpoint read by ``where``."""
-    from hypermorph_spatially_adaptive.stages import locality
-
     marker, evil = tmp / "marker", tmp / "evil" / "last.pt"
     out = tmp / "run"
     if where == "training --resume":
@@ -518,3 +687,97 @@ def test_a_crafted_pickle_in_a_study_rerun_runs_no_code_and_exits_2_naming_it(tm
     assert exit_info.value.code == 2
     assert str(evil) in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "marker").exists()
+
+
+# -- a full disk, --overwrite, header bombs ----------------------------------------------------------------------
+
+
+def _full_disk(monkeypatch, names):
+    """Writes of temporary files (of the atomic writer) whose target's name is in ``names`` (None: any) fail with
+    ENOSPC."""
+    import errno
+    import pathlib
+
+    for method in ("write_bytes", "write_text"):
+        original = getattr(pathlib.Path, method)
+
+        def failing(self, *args, _original=original, **kwargs):
+            target = self.name[1:].rsplit(".", 2)[0] if self.name.endswith(".tmp") else None
+            if target is not None and (names is None or target in names):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(pathlib.Path, method, failing)
+
+
+@pytest.mark.parametrize("stage", ["train", "identify", "infer"])
+def test_a_full_disk_exits_2_naming_the_file_being_written_and_the_last_good_checkpoint(stage, runs, phantom_root,
+                                                                                        tmp_path, monkeypatch,
+                                                                                        capsys):
+    out = tmp_path / "run"
+    if stage == "train":
+        argv = _train_argv(phantom_root, _copy(runs["training"], out), "--resume", "--steps", "4")
+        written = out / "checkpoints" / "last.pt"
+    else:
+        argv = _stage_argv(stage, phantom_root, runs, out)
+        written = out / "run.json"
+    _full_disk(monkeypatch, {"last.pt"} if stage == "train" else None)
+    with pytest.raises(SystemExit) as exit_info:
+        MAINS[stage](argv)
+    assert exit_info.value.code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{written}: cannot write this file (No space left on device)" in line, line
+    if stage == "train":
+        assert f"the last good checkpoint is {written}" in line, line
+        assert read_checkpoint(written)["step"] == 2
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_overwrite_replaces_a_finished_run_and_resume_continues_it(phantom_root, runs, tmp_path):
+    out = _copy(runs["identification"], tmp_path / "run")
+    (out / "notes.txt").write_text("of the earlier run")
+    assert MAINS["identify"](_identify_argv(phantom_root, runs["global"], out, "--grid-step", "0.25",
+                                            "--overwrite")) == 0
+    assert not (out / "notes.txt").exists()
+    assert json.loads((out / "run.json").read_text())["options"]["grid_step"] == 0.25
+    assert MAINS["identify"](_identify_argv(phantom_root, runs["global"], out, "--grid-step", "0.25",
+                                            "--resume")) == 0
+
+
+_BOMB_READER = """
+import resource, sys
+from pathlib import Path
+import SimpleITK  # noqa: F401 - loaded before the baseline, as every stage has it
+from hypermorph_spatially_adaptive.data import image_io, volume_io
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+readers = [image_io.read_image, image_io.read_header] + ([volume_io.load_image] if ".nii" in sys.argv[1] else [])
+for read in readers:
+    try:
+        read(Path(sys.argv[1]))
+    except ValueError as error:
+        print(error)
+    else:
+        raise SystemExit("read without an error")
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("bomb", ["nii", "nii.gz", "mhd"])
+def test_opening_a_header_bomb_fails_naming_it_without_allocating(bomb, tmp_path):
+    path = tmp_path / f"bomb.{bomb}"
+    if bomb == "mhd":
+        (tmp_path / "bomb.raw").write_bytes(b"\0" * 120)
+        _mhd(tmp_path, "bomb.raw", (16000, 16000)).rename(path)
+    else:
+        header = nib.Nifti1Header()
+        header.set_data_shape((16000, 16000))  # 256 million voxels: under the voxel limit, 1 GB of float32
+        header.set_data_dtype(np.float32)
+        content = header.binaryblock + b"\0" * 4096
+        path.write_bytes(gzip.compress(content) if bomb == "nii.gz" else content)
+    result = subprocess.run([sys.executable, "-c", _BOMB_READER, str(path)], env=_script_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    *messages, grown = result.stdout.strip().splitlines()
+    assert len(messages) == (2 if bomb == "mhd" else 3) and all(str(path) in message and "the header declares" in message
+                                      for message in messages), messages
+    assert int(grown) < 200 * 2 ** 20, f"peak memory grew by {int(grown) / 2 ** 20:.0f} MB"

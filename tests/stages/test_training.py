@@ -238,7 +238,7 @@ def test_zero_steps_from_a_global_model_write_it_as_a_tissue_model_validated_onc
                                    global_model(moving, fixed, torch.tensor([[0.3, 0.2]])).velocity)
     with pytest.raises(SystemExit) as exit_info:
         _train("spatial", phantom_root, tmp_path / "untrained", tiny_flags, "--steps", "0")
-    assert exit_info.value.code == 2 and "--steps must be positive" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--steps must be a positive" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("step,expected", [(0, 1e-3), (50, 5e-4), (100, 0.0)])

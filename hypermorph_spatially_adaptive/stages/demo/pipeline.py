@@ -32,7 +32,7 @@ from ...data.phantom.writer import split_sizes
 from ...data.registry import collate_pairs
 from ...models.networks import HyperVxmDense
 from ...runtime import resolve_device
-from ..cli import HelpFormatter, run_stage, write_config
+from ..cli import HelpFormatter, run_stage, seed_value, write_config
 from ..plan import Plan, count_parameters
 from ..training.dry_run import measure_training_step
 from ..training.step import LossOptions
@@ -40,7 +40,7 @@ from ..identification import main as identify_main
 from ..inference import main as infer_main
 from ..locality import main as locality_main
 from ..parameter_table import GLOBAL, read_parameters, with_subject_rows, write_parameters
-from ..run_folder import check_resume, record_run, run_record
+from ..run_folder import check_resume, clear_folder, record_run, run_record
 from ..training import main as train_main
 from . import verdict
 
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/demo", help="output folder (data, runs, results)")
     parser.add_argument("--full", action="store_true", help="the 3D preset (GPU recommended)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the data and the training")
+    parser.add_argument("--seed", type=seed_value, default=0, help="random seed of the data and the training")
     parser.add_argument("--data-root", default=None,
                         help="run on this existing phantom-layout dataset (PHANTOM_dataset.json) instead of writing "
                              "a new phantom under OUT/data")
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the phantom's images: rich (textured organs) or ct (non-contrast CT)")
     preset.add_argument("--grid-step", type=float, default=None, help="identification grid step")
     preset.add_argument("--workers", type=int, default=0, help="data-loading processes per training run")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="remove the demo already in --out and start afresh (a rerun otherwise continues it, "
+                             "only with the same settings)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the stages and settings, time a few training steps of both models on synthetic "
                              "images of the preset's size, and write nothing")
@@ -160,6 +163,8 @@ def run_demo(args: argparse.Namespace) -> Path | str:
     # A rerun continues the demo in --out: only with the same settings (each stage checks its own folder too).
     record = run_record("demo", {"full": args.full, "seed": args.seed, "conditioning": args.conditioning,
                                  "data_root": args.data_root, **settings}, paths=("data_root",))
+    if args.overwrite:
+        clear_folder(out)
     check_resume(out, record, flag="demo rerun")
     record_run(out, record)
     write_config(out, args, settings=settings)

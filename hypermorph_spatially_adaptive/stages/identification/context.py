@@ -27,7 +27,7 @@ __all__ = ["StageContext", "prepare", "run_identity"]
 
 # Options that do not change the results (left out of run.json); the models are recorded by their files' identity.
 _NOT_RECORDED = ("out", "device", "config", "resume", "figures", "grid_batch", "global_model", "spatial_model",
-                 "data_scan", "dry_run")
+                 "data_scan", "dry_run", "overwrite", "max_voxels")
 # Options that must agree between the shards of one --merge.
 _SHARD_KEYS = ("global_model", "selection_labels", "dataset", "data_root", "split", "ndim", "image_size",
                "target_spacing", "dataset_option", "max_pairs", "grid_step", "lam_values", "mu_values")

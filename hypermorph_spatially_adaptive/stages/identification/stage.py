@@ -22,7 +22,7 @@ from ...files import atomic_write_text
 from ...runtime import seed_everything
 from ..cli import write_config
 from ..parameter_table import GLOBAL, POPULATION, POPULATION_REFINED, ParameterRow, write_parameters
-from ..run_folder import check_resume, record_run
+from ..run_folder import claim_folder, record_run
 from .choice import choose_parameters
 from .context import StageContext, prepare, run_identity
 from .dry_run import dry_run
@@ -101,9 +101,9 @@ def run(args: argparse.Namespace) -> Path:
         return dry_run(args, ctx)
     out = Path(args.out)
     record = run_identity(args, ctx)
-    if args.resume:
-        # The pairs already scored must come from the same model, data and grid; --max-pairs only says how many.
-        check_resume(out, record, may_differ=("max_pairs",))
+    # The pairs already scored must come from the same model, data and grid; --max-pairs only says how many.
+    claim_folder(out, record, (out / "parameters.csv").exists() or (out / "grid_scores.csv").exists(), args.resume,
+                 args.overwrite, may_differ=("max_pairs",))
     record_run(out, record)
     scores = ctx.merged if ctx.merged is not None else _evaluate(args, ctx, out)
     write_grid_scores(out / "grid_scores.csv", scores)

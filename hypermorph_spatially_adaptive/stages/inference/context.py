@@ -30,7 +30,7 @@ OUTPUT_FORMATS = ("nifti", SAME_FORMAT, "mha", "nrrd")
 # Options that do not change the results (left out of run.json); models and parameters are recorded by their files'
 # identity.
 _NOT_RECORDED = ("out", "device", "config", "resume", "figures", "spatial_model", "global_model", "parameters",
-                 "instance_parameters", "data_scan", "dry_run")
+                 "instance_parameters", "data_scan", "dry_run", "overwrite", "max_voxels")
 _PATHS = ("data_root", "fixed", "moving", "fixed_labels", "moving_labels", "fixed_keypoints", "moving_keypoints")
 
 
@@ -121,6 +121,10 @@ def _load_models(args: argparse.Namespace, methods: list[str], device: torch.dev
     if "global" in methods:
         models["global"] = load_trained_model(args.global_model, expect="global", map_location=device,
                                               argument="--global-model")
+    for kind, (_, info) in models.items():
+        if info.regularizer != "elastic":  # parameters.csv and --literature-params hold (lam, mu) pairs
+            raise ValueError(f"--{kind}-model {info.path}: a {info.regularizer} model; inference compares elastic "
+                             f"models at (lam, mu) parameters, so it needs the elastic {kind} model")
     return models
 
 
@@ -299,9 +303,6 @@ def prepare(args: argparse.Namespace) -> StageContext:
     _check_scopes(table, methods, population_scope, pair_ids, args.parameters)
     literature = _literature(args.literature_params, class_names) if LITERATURE in methods else None
     out = Path(args.out)
-    if not args.resume and ((out / "metrics.csv").exists() or (out / ".partial").exists()):
-        raise ValueError(f"--out {out} already holds inference results; pass --resume to continue them or choose "
-                         f"another --out")
     instance, instance_table = _check_instance(args, methods, dataset, explicit_item, population_scope, pair_ids,
                                                class_names)
     methods = with_io_methods(methods, instance is not None, not_optimised=_not_optimised(args, methods))

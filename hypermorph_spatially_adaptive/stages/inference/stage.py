@@ -21,7 +21,7 @@ from ...files import atomic_write_json
 from ...runtime import seed_everything
 from ..cli import write_config
 from ..parameter_table import POPULATION, POPULATION_REFINED
-from ..run_folder import check_resume, record_run
+from ..run_folder import claim_folder, record_run
 from . import figures, report
 from .context import StageContext, prepare, run_identity
 from .dry_run import dry_run
@@ -147,9 +147,9 @@ def run(args: argparse.Namespace) -> Path:
         return dry_run(ctx)
     seed_everything(args.seed)
     record = run_identity(ctx)
-    if args.resume:
-        # Rows already written must come from the same models, parameters and data; --max-pairs only says how many.
-        check_resume(ctx.out, record, may_differ=("max_pairs",))
+    # Rows already written must come from the same models, parameters and data; --max-pairs only says how many.
+    claim_folder(ctx.out, record, (ctx.out / "metrics.csv").exists() or (ctx.out / ".partial").exists(), args.resume,
+                 args.overwrite, may_differ=("max_pairs",))
     record_run(ctx.out, record)  # also removes the temporary files of a killed run's writes
     write_config(ctx.out, args, methods=ctx.methods, class_names=list(ctx.class_names),
                  population_scope=ctx.population_scope, pair_ids=ctx.pair_ids,

@@ -17,12 +17,13 @@ from ...models.trained import load_trained_model
 from ...runtime import resolve_device, seed_everything
 from ..cli import HelpFormatter, add_data_args, add_model_arg, add_run_args, lam_mu, open_dataset, run_stage, \
     write_config
-from ..run_folder import record_run, run_record
+from ..run_folder import claim_folder, record_run, run_record
 
 __all__ = ["COLUMNS", "build_parser", "measure", "main"]
 
 # Options that do not change the result (left out of run.json); the model is recorded by its file's identity.
-_NOT_RECORDED = ("out", "device", "config", "spatial_model", "data_scan", "dry_run")
+_NOT_RECORDED = ("out", "device", "config", "spatial_model", "data_scan", "dry_run", "resume", "overwrite",
+                 "max_voxels")
 COLUMNS = ("class_id", "class_name", "locality", "leakage", "pairs", "base_lam", "base_mu", "raised_lam",
            "raised_mu")
 
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--raised-params", type=float, nargs=2, default=list(DEFAULT_RAISED), metavar=("LAM", "MU"),
                        help="the (lam, mu) a raised class gets")
     group.add_argument("--max-pairs", type=int, default=None, metavar="N", help="use the first N pairs")
+    group.add_argument("--resume", action="store_true",
+                       help="measure again into the finished run in --out (only with the same options)")
     return parser
 
 
@@ -60,10 +63,12 @@ def measure(args: argparse.Namespace) -> tuple[Locality, Path]:
     items = [dataset[index] for index in range(count)]
     if any("fixed_labels" not in item for item in items):
         raise ValueError(f"--dataset {args.dataset}: locality needs the fixed labels of every pair")
-    result = measure_locality(model, items, info.class_names, base, raised)
     out = Path(args.out)
     options = {key: value for key, value in vars(args).items() if key not in _NOT_RECORDED}
-    record_run(out, run_record("locality", options, {"--spatial-model": info.path}, paths=("data_root",)))
+    record = run_record("locality", options, {"--spatial-model": info.path}, paths=("data_root",))
+    claim_folder(out, record, (out / "locality.csv").exists(), args.resume, args.overwrite)
+    result = measure_locality(model, items, info.class_names, base, raised)
+    record_run(out, record)
     rows = [[c, name, value, leak, result.pairs, *base, *raised]
             for c, (name, value, leak) in enumerate(zip(result.class_names[1:], result.locality, result.leakage),
                                                     start=1)]

@@ -23,7 +23,7 @@ from typing import Sequence
 from ...files import atomic_write_json
 from ...runtime import resolve_device
 from ..cli import HelpFormatter, error_message, write_config
-from ..run_folder import OutputLock
+from ..run_folder import OutputLock, clear_folder
 from .aggregate import collect
 from .presets import DEV_SEED, PRESETS, VARIANTS, Regime
 from .report import write_report
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the preset's; use 1 on a GPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--report-only", action="store_true", help="aggregate finished runs, run nothing")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="remove the preset's runs already in --out and start afresh (a rerun otherwise "
+                             "continues them)")
     return parser
 
 
@@ -114,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_study(args)
         else:
             with OutputLock(Path(args.out) / args.preset):  # one study per preset folder at a time
+                if args.overwrite:
+                    clear_folder(Path(args.out) / args.preset)
                 run_study(args)
     except ValueError as error:
         parser.exit(2, f"{parser.prog}: error: {error_message(error)}\n")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,8 +44,8 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.steps is not None and not (args.steps == 0 and getattr(args, "init_from", None)):
         positive["--steps"] = args.steps  # 0 only with --init-from: the warm-started model, untrained
     for flag, value in positive.items():
-        if not value > 0:
-            raise ValueError(f"{flag} must be positive, got {value}")
+        if not 0 < value < math.inf:
+            raise ValueError(f"{flag} must be a positive finite number, got {value}")
     if args.ncc_window % 2 == 0:
         raise ValueError(f"--ncc-window must be odd (a window centred on its voxel), got {args.ncc_window}")
     if args.workers < 0 or args.int_steps < 0:

@@ -8,6 +8,7 @@ checkpoints are atomic, and ``torchrun`` launches DistributedDataParallel with o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import time
@@ -28,7 +29,7 @@ from ...models.checkpoints import (RUN_CHECKPOINT, hyper_model_config, read_chec
                                   save_checkpoint, training_checkpoint)
 from ...runtime import DistributedContext, rng_state, set_rng_state
 from ..cli import error_message, write_config
-from ..run_folder import check_resume, record_run, run_record
+from ..run_folder import claim_folder, record_run, run_record
 from .context import StageContext, common_spacing, prepare, run_info
 from .curves import CURVES_FILE, TENSORBOARD_FOLDER, log_scalars, open_tensorboard, write_curves
 from .dry_run import dry_run
@@ -46,7 +47,7 @@ LR_SCHEDULES = ("constant", "cosine")
 # Options that do not change the trained weights (left out of run.json): where and how fast it runs, how often it
 # writes; --init-from is recorded by its file's identity.
 _NOT_RECORDED = ("out", "device", "config", "resume", "workers", "checkpoint_every", "log_every", "init_from",
-                 "data_scan", "dry_run", "tensorboard")
+                 "data_scan", "dry_run", "tensorboard", "overwrite", "max_voxels")
 
 
 def scheduled_lr(base: float, schedule: str, step: int, total_steps: int) -> float:
@@ -142,9 +143,12 @@ class _TrainLog:
             writer.writerows(rows)
 
     def append(self, **row: Any) -> None:
-        with self.path.open("a", newline="") as handle:
-            csv.DictWriter(handle, self.columns).writerow(
-                {key: (f"{value:.6g}" if isinstance(value, float) else value) for key, value in row.items()})
+        try:
+            with self.path.open("a", newline="") as handle:
+                csv.DictWriter(handle, self.columns).writerow(
+                    {key: (f"{value:.6g}" if isinstance(value, float) else value) for key, value in row.items()})
+        except OSError as error:  # a failed write of an open file names no file
+            raise OSError(error.errno, error.strerror, str(self.path)) from None
 
 
 def _validate_and_keep_best(ctx: StageContext, optimizer: torch.optim.Optimizer, step: int, epoch: int, best: float,
@@ -222,6 +226,20 @@ def _may_differ(args: argparse.Namespace) -> tuple[str, ...]:
     return ("steps", "epochs") if args.lr_schedule == "constant" else ()
 
 
+def _kept(last_checkpoint: Path) -> str:
+    return (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint.is_file()
+            else "no checkpoint was written yet")
+
+
+@contextlib.contextmanager
+def _stops_on_write_errors(last_checkpoint: Path) -> Iterator[None]:
+    """A file that cannot be written (a full disk) stops training, naming it and the last good checkpoint."""
+    try:
+        yield
+    except OSError as error:
+        raise TrainingError(f"training stopped, {_kept(last_checkpoint)}: {error_message(error)}") from None
+
+
 def _batches(loader: DataLoader, last_checkpoint: Path) -> Iterator[dict[str, Any]]:
     """The batches of ``loader``; a data file that fails to load (scan disabled) stops training, naming it."""
     iterator = iter(loader)
@@ -231,9 +249,7 @@ def _batches(loader: DataLoader, last_checkpoint: Path) -> Iterator[dict[str, An
         except StopIteration:
             return
         except (ValueError, OSError) as error:
-            kept = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint.is_file()
-                    else "no checkpoint was written yet")
-            raise TrainingError(f"training stopped, {kept}: {error_message(error)}") from None
+            raise TrainingError(f"training stopped, {_kept(last_checkpoint)}: {error_message(error)}") from None
         yield batch
 
 
@@ -247,16 +263,26 @@ def train(args: argparse.Namespace) -> Path:
     checkpoints = ctx.out / "checkpoints"
     record = run_identity(args)
     if distributed.is_main:
-        if not args.resume and (checkpoints / "last.pt").exists():
-            raise ValueError(f"--out {ctx.out} already holds a run; pass --resume to continue it or choose "
-                             f"another --out")
-        if args.resume:
-            check_resume(ctx.out, record, may_differ=_may_differ(args))
+        claim_folder(ctx.out, record, (checkpoints / "last.pt").exists(), args.resume, args.overwrite,
+                     may_differ=_may_differ(args))
     # The fused kernel updates all parameters in one pass; the hypernetwork has many small tensors.
     optimizer = torch.optim.Adam(ctx.model.parameters(), lr=args.lr, fused=ctx.device.type in ("cpu", "cuda"))
     start_step, best = (_load_resume(ctx, optimizer) if args.resume else (0, -math.inf))
+    if args.steps is not None and start_step > args.steps:
+        raise ValueError(f"--steps {args.steps}: {ctx.out / RUN_CHECKPOINT} is at step {start_step} already; a "
+                         f"resumed run can only be as long or longer (give --steps {start_step} or more)")
+    with _stops_on_write_errors(checkpoints / "last.pt"):
+        return _train_from(ctx, optimizer, record, start_step, best)
+
+
+def _train_from(ctx: StageContext, optimizer: torch.optim.Optimizer, identity: dict[str, Any], start_step: int,
+                best: float) -> Path:
+    """The run of :func:`train` once its folder is claimed and the resumed state loaded: train from
+    ``start_step``, log, validate and write the checkpoints; returns the run folder."""
+    args, distributed, device = ctx.args, ctx.distributed, ctx.device
+    checkpoints = ctx.out / "checkpoints"
     if distributed.is_main:
-        record_run(ctx.out, record)  # also removes the temporary files of a killed run's writes
+        record_run(ctx.out, identity)  # also removes the temporary files of a killed run's writes
         checkpoints.mkdir(parents=True, exist_ok=True)
         write_config(ctx.out, args, **{k: v for k, v in run_info(ctx).items() if k != "options"})
     log = (_TrainLog(ctx.out / "train_log.csv", start_step if args.resume else None, log_columns(ctx))
@@ -311,8 +337,8 @@ def train(args: argparse.Namespace) -> Path:
                 progress.close()
                 raise TrainingError(
                     f"loss became {loss_value} at step {step + 1} (similarity {similarity:.4g}, "
-                    f"regularization {regularization:.4g}); training stopped. The last good checkpoint "
-                    f"is {checkpoints / 'last.pt'} (try a lower --lr or check the data)")
+                    f"regularization {regularization:.4g}); training stopped, {_kept(checkpoints / 'last.pt')} (try "
+                    f"a lower --lr or check the data)")
             step += 1
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", sim=f"{similarity:.4f}", reg=f"{regularization:.4g}")
