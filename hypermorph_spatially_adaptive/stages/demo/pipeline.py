@@ -51,10 +51,10 @@ __all__ = ["PRESETS", "INTEGER_SETTINGS", "build_parser", "run_demo", "main"]
 # instance_steps: Adam steps per level of the +io methods (0: none), their parameters chosen through the
 # optimisation on io_val_pairs validation pairs (grid io_grid_step).
 PRESETS = {
-    "quick": dict(texture="rich", ndim=2, size=64, subjects=56, val=8, test=8, steps=2000, spatial_steps=0,
+    "quick": dict(texture="ct", ndim=2, size=64, subjects=56, val=8, test=8, steps=2000, spatial_steps=0,
                   batch_size=4, lr=1e-3, enc_features=[16, 32, 32], dec_features=[32, 32, 32, 16], hyper_layers=4,
                   hyper_units=64, grid_step=0.1, instance_steps=100, io_val_pairs=4, io_grid_step=0.25),
-    "full": dict(texture="rich", ndim=3, size=64, subjects=50, val=10, test=10, steps=20000, spatial_steps=0,
+    "full": dict(texture="ct", ndim=3, size=64, subjects=50, val=10, test=10, steps=20000, spatial_steps=0,
                  batch_size=1, lr=1e-4, enc_features=[16, 32, 32, 32], dec_features=[32, 32, 32, 32, 32, 16, 16],
                  hyper_layers=6, hyper_units=128, grid_step=0.1, instance_steps=200, io_val_pairs=4,
                  io_grid_step=0.25),

@@ -2,7 +2,7 @@
 variant the spatial model, inference with every method, and locality; with the preset's ``io_steps`` also the
 instance optimisation and elastix. Finished stages are skipped on a rerun.
 
-Layout under ``OUT/seed<k>/``: ``data/`` (the phantom), ``global/`` (training run), ``identification_val/``
+Layout under ``OUT/<preset>/<regime>/seed<k>/``: ``data/`` (the phantom), ``global/`` (training run), ``identification_val/``
 (Dice, validation pairs: the global and population scopes), ``identification_test/`` (Dice, each test pair on its
 own), ``identification_epe/`` (true EPE, validation pairs), ``parameters.csv`` (population plus the test pairs'
 own rows), and per variant ``<variant>/spatial/``, ``<variant>/inference/`` (global, tissue_population,
