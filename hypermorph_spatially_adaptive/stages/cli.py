@@ -37,6 +37,8 @@ __all__ = [
     "default_checkpoint",
     "lam_mu",
     "parse_args_with_config",
+    "flag_actions",
+    "flag_value",
     "dataset_options",
     "resolve_data_root",
     "open_dataset",
@@ -163,11 +165,17 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 _SWITCHES = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
 
 
+def flag_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """The parser's options by dest (``--help`` left out): the one place that reads argparse's action list."""
+    return {action.dest: action for action in parser._actions if not isinstance(action, argparse._HelpAction)}
+
+
 def _config_names(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.Action, bool]]:
     """Every name a config key may use for a flag: its dest and each ``--`` option string (``--model`` ->
     ``global_model``), with whether the name negates the flag (``no_hd95``, or the flag of a ``store_false``)."""
-    names = {action.dest: (action, False) for action in parser._actions}
-    for action in parser._actions:
+    actions = flag_actions(parser)
+    names = {dest: (action, False) for dest, action in actions.items()}
+    for action in actions.values():
         for flag in action.option_strings:
             if flag.startswith("--"):
                 negative = isinstance(action, argparse._StoreFalseAction) or (
@@ -176,10 +184,15 @@ def _config_names(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.A
     return names
 
 
-def _config_value(parser: argparse.ArgumentParser, action: argparse.Action, negative: bool, key: str, value: Any,
-                  source: str) -> Any:
-    """The value of config key ``key`` as its flag would give it: the same type, choices and number of values."""
-    where = f"--config {source}: {key!r}"
+def flag_value(parser: argparse.ArgumentParser, action: argparse.Action, value: Any, where: str,
+               negative: bool = False) -> Any:
+    """``value`` (a config file's or a Python caller's) as ``action``'s flag would give it: the same type, choices
+    and number of values; a switch takes only a bool (``negative``: the name negates the flag). ValueError starting
+    with ``where`` otherwise."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, tuple):
+        value = list(value)
     if isinstance(action, _SWITCHES):
         if not isinstance(value, bool):
             raise ValueError(f"{where} is a switch: give true or false, got {value!r}")
@@ -200,6 +213,7 @@ def _config_value(parser: argparse.ArgumentParser, action: argparse.Action, nega
         raise ValueError(f"{where} takes at least one value, got an empty list")
     strings = []
     for item in values:
+        item = os.fspath(item) if isinstance(item, os.PathLike) else item
         if isinstance(item, (bool, list, dict)) or item is None:
             raise ValueError(f"{where}: expected {'a number' if action.type in (int, float) else 'a string'}, "
                              f"got {json.dumps(item)}")
@@ -230,7 +244,8 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] 
         if name not in names:
             raise ValueError(f"--config {args.config}: unknown option {key!r}")
         action, negative = names[name]
-        defaults[action.dest] = _config_value(parser, action, negative, str(key), value, args.config)
+        defaults[action.dest] = flag_value(parser, action, value, f"--config {args.config}: {str(key)!r}",
+                                             negative)
     parser.set_defaults(**defaults)
     return parser.parse_args(argv)
 

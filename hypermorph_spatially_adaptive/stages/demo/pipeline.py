@@ -18,9 +18,10 @@ model at the global pair), and the identified stiffness ranks bone first.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -32,19 +33,18 @@ from ...data.phantom.writer import split_sizes
 from ...data.registry import collate_pairs
 from ...models.networks import HyperVxmDense
 from ...runtime import resolve_device
+from .. import api
 from ..cli import HelpFormatter, run_stage, seed_value, write_config
+from ..options import call_stage, options_class
 from ..plan import Plan, count_parameters
 from ..training.dry_run import measure_training_step
+from ..training.stage import TrainingError
 from ..training.step import LossOptions
-from ..identification import main as identify_main
-from ..inference import main as infer_main
-from ..locality import main as locality_main
 from ..parameter_table import GLOBAL, read_parameters, with_subject_rows, write_parameters
 from ..run_folder import check_resume, clear_folder, record_run, run_record
-from ..training import main as train_main
 from . import verdict
 
-__all__ = ["PRESETS", "INTEGER_SETTINGS", "build_parser", "run_demo", "main"]
+__all__ = ["PRESETS", "INTEGER_SETTINGS", "build_parser", "run_demo", "DemoOptions", "demo", "main"]
 
 # quick: a few minutes on 2 CPU cores; full: sized for one GPU. The spatial model is the global one with
 # tissue-wise kernels (--conditioning tissue --init-from, no further steps: see README and docs/STUDY.md).
@@ -112,11 +112,6 @@ def _stage(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
-def _check(code: int, stage: str) -> None:
-    if code != 0:
-        raise SystemExit(f"demo: the {stage} stage failed (exit code {code}); see the message above")
-
-
 def _dry_run(args: argparse.Namespace, settings: dict) -> str:
     """The demo's plan: its stages and settings, and a few training steps of each model timed on random images of
     the preset's size (the phantom is not generated)."""
@@ -177,56 +172,56 @@ def run_demo(args: argparse.Namespace) -> Path | str:
         phantom.write_dataset(data, ndim=settings["ndim"], subjects=settings["subjects"],
                               shape=(settings["size"],) * settings["ndim"], seed=args.seed, val=settings["val"],
                               test=settings["test"], texture=settings["texture"])
-    common = ["--dataset", "phantom", "--data-root", str(data), "--device", device, "--seed", str(args.seed)]
-    model = ["--enc-features", *map(str, settings["enc_features"]), "--dec-features",
-             *map(str, settings["dec_features"]), "--hyper-layers", str(settings["hyper_layers"]),
-             "--hyper-units", str(settings["hyper_units"])]
-    training = [*common, *model, "--batch-size", str(settings["batch_size"]), "--lr", str(settings["lr"]),
-                "--lr-schedule", "cosine", "--workers", str(args.workers)]
-    stages = {"global": [*training, "--steps", str(settings["steps"])],
-              "spatial": [*training, "--steps", str(settings["spatial_steps"]), "--conditioning", args.conditioning,
-                          "--init-from", str(out / "global")]}  # a run folder: its checkpoints/last.pt
-    for model_type, argv in stages.items():
-        run, steps = out / model_type, int(argv[argv.index("--steps") + 1])
+    common = dict(dataset="phantom", data_root=data, device=device, seed=args.seed)
+    widths = dict(enc_features=settings["enc_features"], dec_features=settings["dec_features"],
+                  hyper_layers=settings["hyper_layers"], hyper_units=settings["hyper_units"])
+    training = dict(common, **widths, batch_size=settings["batch_size"], lr=settings["lr"], lr_schedule="cosine",
+                    workers=args.workers)
+    stages = {"global": api.GlobalTrainOptions(**training, steps=settings["steps"], out=out / "global"),
+              "spatial": api.SpatialTrainOptions(**training, steps=settings["spatial_steps"],
+                                                 conditioning=args.conditioning,
+                                                 init_from=out / "global",  # a run folder: its checkpoints/last.pt
+                                                 out=out / "spatial")}
+    for model_type, options in stages.items():
+        run, steps = out / model_type, options.steps
         _stage(f"training the {model_type} model ({steps} steps)")
-        every = ["--val-every", str(max(1, steps // 4)), "--log-every", str(max(1, steps // 20))]
         if steps == 0 and (run / "checkpoints" / "last.pt").is_file():
             continue  # the warm-started model is written once
-        resume = ["--resume"] if (run / "checkpoints" / "last.pt").is_file() else []
-        _check(train_main(model_type, [*argv, *every, "--out", str(run), *resume]), f"{model_type} training")
+        api.train(dataclasses.replace(options, val_every=max(1, steps // 4), log_every=max(1, steps // 20),
+                                      resume=(run / "checkpoints" / "last.pt").is_file()))
     identification = out / "identification"
     # Every stage reads the last checkpoint of a run (the default of the model flags).
-    global_checkpoint = str(out / "global" / "checkpoints" / "last.pt")
-    spatial_checkpoint = str(out / "spatial" / "checkpoints" / "last.pt")
-    identify = [*common, "--global-model", global_checkpoint, "--grid-step", str(settings["grid_step"])]
+    global_checkpoint = out / "global" / "checkpoints" / "last.pt"
+    spatial_checkpoint = out / "spatial" / "checkpoints" / "last.pt"
+    identify = dict(common, global_model=global_checkpoint, grid_step=settings["grid_step"])
     _stage("parameter identification: population on the validation pairs")
     if not (identification / "parameters.csv").is_file():
-        _check(identify_main([*identify, "--split", "val", "--out", str(identification)]), "identification")
+        api.identify(api.IdentifyOptions(**identify, split="val", out=identification))
     # Subject-specific parameters of a test pair are chosen on that pair with its own labels (optimistic for
     # Dice, as in the paper); the population parameters never see the test pairs.
     subjects = out / "identification_test_subjects"
     _stage("parameter identification: each test pair on its own (subject-specific)")
     if not (subjects / "parameters.csv").is_file():
-        _check(identify_main([*identify, "--split", "test", "--out", str(subjects)]), "identification")
+        api.identify(api.IdentifyOptions(**identify, split="test", out=subjects))
     parameters = out / "parameters_for_inference.csv"
     population = read_parameters(identification / "parameters.csv")
     write_parameters(parameters, with_subject_rows(population, read_parameters(subjects / "parameters.csv")))
-    io_methods, io_flags = _instance_flags(out, settings, common, global_checkpoint)
+    io_methods, io_options = _instance_options(out, settings, common, global_checkpoint)
     results = out / "inference"
     # The control: the spatial model at the global pair for every class separates the parameters' effect from the
     # second network's (verdict.CONTROL).
     lam, mu = population.values(GLOBAL)
-    control = ["--methods", *verdict.METHODS, verdict.CONTROL, *io_methods,
-               "--literature-params", f"{float(lam[0]):.6g}", f"{float(mu[0]):.6g}"]
     _stage("inference on the test pairs")
     if not (results / "summary.csv").is_file():
-        _check(infer_main([*common, "--split", "test", "--spatial-model", spatial_checkpoint,
-                           "--global-model", global_checkpoint, "--parameters", str(parameters), *control,
-                           *io_flags, "--out", str(results), "--resume"]), "inference")
+        api.infer(api.InferOptions(**common, split="test", spatial_model=spatial_checkpoint,
+                                   global_model=global_checkpoint, parameters=parameters,
+                                   methods=[*verdict.METHODS, verdict.CONTROL, *io_methods],
+                                   literature_params=[float(f"{float(lam[0]):.6g}"), float(f"{float(mu[0]):.6g}")],
+                                   **io_options, out=results, resume=True))
     _stage("locality of the spatial model on the test pairs")
     if not (out / "locality" / "locality.csv").is_file():
-        _check(locality_main([*common, "--split", "test", "--spatial-model", spatial_checkpoint,
-                              "--out", str(out / "locality")]), "locality")
+        api.measure_locality(api.LocalityOptions(**common, split="test", spatial_model=spatial_checkpoint,
+                                                 out=out / "locality"))
     _stage("result")
     summary = verdict.write_summary(results / "metrics.csv", identification / "parameters.csv",
                                     out / "demo_summary.md", out / "locality" / "locality.csv")
@@ -234,27 +229,35 @@ def run_demo(args: argparse.Namespace) -> Path | str:
     return summary
 
 
-def _instance_flags(out: Path, settings: dict, common: list[str],
-                    global_checkpoint: str) -> tuple[list[str], list[str]]:
-    """Inference's extra methods (identity, and elastix when installed) and flags of the instance-optimised methods,
-    after choosing their parameters through the optimisation on the first validation pairs; none with
+def _instance_options(out: Path, settings: dict, common: dict[str, Any],
+                      global_checkpoint: Path) -> tuple[list[str], dict[str, Any]]:
+    """Inference's extra methods (identity, and elastix when installed) and options of the instance-optimised
+    methods, after choosing their parameters through the optimisation on the first validation pairs; none with
     ``instance_steps`` 0."""
     if not settings["instance_steps"]:
-        return [], []
-    steps = ["--instance-steps", str(settings["instance_steps"])]
+        return [], {}
     choice = out / "identification_io"
     _stage(f"parameter identification through the instance optimisation ({settings['io_val_pairs']} validation "
            "pairs)")
     if not (choice / "parameters.csv").is_file():
-        _check(identify_main([*common, "--split", "val", "--max-pairs", str(settings["io_val_pairs"]),
-                              "--global-model", global_checkpoint, "--score-with", "instance", "--criterion", "tre",
-                              "--grid-step", str(settings["io_grid_step"]), "--figures", "0", *steps,
-                              "--out", str(choice)]), "identification through the instance optimisation")
+        api.identify(api.IdentifyOptions(**common, split="val", max_pairs=settings["io_val_pairs"],
+                                         global_model=global_checkpoint, score_with="instance", criterion="tre",
+                                         grid_step=settings["io_grid_step"], figures=0,
+                                         instance_steps=settings["instance_steps"], out=choice))
     baseline = ["elastix"] if importlib.util.find_spec("itk") is not None else []
-    return ["identity", *baseline], [*steps, "--instance-methods", "global", "tissue_population", "identity",
-                                     "--instance-parameters", str(choice / "parameters.csv")]
+    return ["identity", *baseline], dict(instance_steps=settings["instance_steps"],
+                                         instance_methods=["global", "tissue_population", "identity"],
+                                         instance_parameters=choice / "parameters.csv")
+
+
+DemoOptions = options_class("DemoOptions", build_parser, "the demo (demo.py)", __name__)
+
+
+def demo(options: DemoOptions) -> Path:
+    """The demo from Python: every stage under ``options.out``; returns the path of ``demo_summary.md``."""
+    return Path(call_stage(options, run_demo, "demo")[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``demo.py`` and ``hypermorph-demo``."""
-    return run_stage(build_parser(), run_demo, argv, stage="demo")
+    return run_stage(build_parser(), run_demo, argv, errors=(ValueError, TrainingError), stage="demo")

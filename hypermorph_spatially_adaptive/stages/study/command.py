@@ -23,13 +23,14 @@ from typing import Sequence
 from ...files import atomic_write_json
 from ...runtime import resolve_device
 from ..cli import HelpFormatter, error_message, write_config
+from ..options import options_class, options_namespace
 from ..run_folder import OutputLock, clear_folder
 from .aggregate import collect
 from .presets import DEV_SEED, PRESETS, VARIANTS, Regime
 from .report import write_report
 from .runner import run_seed
 
-__all__ = ["build_parser", "run_study", "main"]
+__all__ = ["build_parser", "run_study", "StudyOptions", "study", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,20 +108,32 @@ def run_study(args: argparse.Namespace) -> Path:
     return report
 
 
+def _locked_study(args: argparse.Namespace) -> Path:
+    """:func:`run_study` with the preset folder's lock held (one study per preset folder at a time)."""
+    if args.report_only:
+        return run_study(args)
+    with OutputLock(Path(args.out) / args.preset):
+        if args.overwrite:
+            clear_folder(Path(args.out) / args.preset)
+        return run_study(args)
+
+
+StudyOptions = options_class("StudyOptions", build_parser, "the study (study.py)", __name__)
+
+
+def study(options: StudyOptions) -> Path:
+    """The study from Python (as ``study.py``); returns the path of the report."""
+    return _locked_study(options_namespace(options))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``study.py`` and ``hypermorph-study``: exit 2 when the study's folder is in use by another run
     or a stage refused its input, 1 when a stage failed."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.report_only:
-            run_study(args)
-        else:
-            with OutputLock(Path(args.out) / args.preset):  # one study per preset folder at a time
-                if args.overwrite:
-                    clear_folder(Path(args.out) / args.preset)
-                run_study(args)
-    except ValueError as error:
+        _locked_study(args)
+    except (ValueError, OSError) as error:
         parser.exit(2, f"{parser.prog}: error: {error_message(error)}\n")
     except RuntimeError as error:
         parser.exit(1, f"{parser.prog}: error: {error_message(error)}\n")

@@ -15,18 +15,16 @@ tuned through the recommended spatial model by Dice, validation pairs) and ``rec
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from ...data import phantom
 from ...models.checkpoints import RUN_CHECKPOINT, read_checkpoint
-from ..identification import main as identify_main
-from ..inference import main as infer_main
-from ..locality import main as locality_main
+from .. import api
 from ..parameter_table import read_parameters, with_subject_rows, write_parameters
-from ..training import main as train_main
 from .presets import VARIANTS, Variant
 
 __all__ = ["seed_folder", "run_seed", "IO_VARIANT"]
@@ -39,38 +37,32 @@ def seed_folder(out: Path, seed: int) -> Path:
     return Path(out) / f"seed{seed}"
 
 
-def _run(stage: str, main: Callable[[Sequence[str]], int], argv: list[str]) -> None:
-    code = main(argv)
-    if code != 0:
-        raise RuntimeError(f"study: the {stage} stage failed with exit code {code} (arguments: {' '.join(argv)})")
-
-
-def _train(model_type: str, out: Path, argv: list[str], steps: int) -> None:
+def _train(options: api.GlobalTrainOptions | api.SpatialTrainOptions) -> None:
+    out, steps, resume = Path(options.out), options.steps, False
     if (out / RUN_CHECKPOINT).is_file():
-        state = read_checkpoint(out / RUN_CHECKPOINT)
-        if int(state.get("step", -1)) >= steps:
+        if int(read_checkpoint(out / RUN_CHECKPOINT).get("step", -1)) >= steps:
             return
-        argv = [*argv, "--resume"]
-    every = ["--val-every", str(max(1, steps // 4)), "--log-every", str(max(1, steps // 20))]
-    _run(f"{model_type} training", lambda a: train_main(model_type, a), [*argv, "--steps", str(steps), *every,
-                                                                         "--out", str(out)])
+        resume = True
+    api.train(dataclasses.replace(options, val_every=max(1, steps // 4), log_every=max(1, steps // 20),
+                                  resume=resume))
 
 
-def _identify(out: Path, argv: list[str]) -> None:
-    if not (out / "parameters.csv").is_file():
-        _run("identification", identify_main, [*argv, "--out", str(out)])
+def _identify(options: api.IdentifyOptions) -> None:
+    if not (Path(options.out) / "parameters.csv").is_file():
+        api.identify(options)
 
 
-def _infer(out: Path, argv: list[str]) -> None:
-    if not (out / "summary.csv").is_file():
-        _run("inference", infer_main, [*argv, "--out", str(out), "--resume"])
+def _infer(options: api.InferOptions) -> None:
+    if not (Path(options.out) / "summary.csv").is_file():
+        api.infer(dataclasses.replace(options, resume=True))
 
 
-def _variant_flags(variant: Variant, settings: dict[str, Any], model: list[str], global_run: Path) -> tuple[list, int]:
+def _variant_options(variant: Variant, settings: dict[str, Any], widths: dict[str, Any],
+                     global_run: Path) -> tuple[dict[str, Any], int]:
     steps = settings["paper_steps"] if variant.steps is None else variant.steps
-    flags = ["--conditioning", variant.conditioning, "--class-sampling", variant.class_sampling]
-    flags += ["--init-from", str(global_run)] if variant.warm_start else model
-    return flags, steps
+    options = dict(conditioning=variant.conditioning, class_sampling=variant.class_sampling)
+    options.update(dict(init_from=global_run) if variant.warm_start else widths)
+    return options, steps
 
 
 def run_seed(out: Path, seed: int, settings: dict[str, Any], variants: Sequence[str], device: str,
@@ -84,20 +76,17 @@ def run_seed(out: Path, seed: int, settings: dict[str, Any], variants: Sequence[
         phantom.write_dataset(data, ndim=settings["ndim"], subjects=settings["subjects"],
                               shape=(settings["size"],) * settings["ndim"], seed=seed, val=settings["val"],
                               test=settings["test"], texture=settings["texture"], progress=False)
-    common = ["--dataset", "phantom", "--data-root", str(data), "--device", device, "--seed", str(seed)]
-    model = ["--enc-features", *map(str, settings["enc_features"]), "--dec-features",
-             *map(str, settings["dec_features"]), "--hyper-layers", str(settings["hyper_layers"]),
-             "--hyper-units", str(settings["hyper_units"])]
-    training = [*common, "--batch-size", str(settings["batch_size"]), "--lr", str(settings["lr"]),
-                "--lr-schedule", "cosine", "--workers", "0"]
+    common = dict(dataset="phantom", data_root=data, device=device, seed=seed)
+    widths = dict(enc_features=settings["enc_features"], dec_features=settings["dec_features"],
+                  hyper_layers=settings["hyper_layers"], hyper_units=settings["hyper_units"])
+    training = dict(common, batch_size=settings["batch_size"], lr=settings["lr"], lr_schedule="cosine", workers=0)
     global_run = folder / "global"
-    _train("global", global_run, [*training, *model], settings["global_steps"])
+    _train(api.GlobalTrainOptions(**training, **widths, steps=settings["global_steps"], out=global_run))
 
-    identify = [*common, "--global-model", str(global_run), "--grid-step", str(settings["grid_step"]),
-                "--figures", "0"]
-    _identify(folder / "identification_val", [*identify, "--split", "val"])
-    _identify(folder / "identification_test", [*identify, "--split", "test"])
-    _identify(folder / "identification_epe", [*identify, "--split", "val", "--criterion", "epe"])
+    identify = dict(common, global_model=global_run, grid_step=settings["grid_step"], figures=0)
+    _identify(api.IdentifyOptions(**identify, split="val", out=folder / "identification_val"))
+    _identify(api.IdentifyOptions(**identify, split="test", out=folder / "identification_test"))
+    _identify(api.IdentifyOptions(**identify, split="val", criterion="epe", out=folder / "identification_epe"))
     population = read_parameters(folder / "identification_val" / "parameters.csv")
     parameters = folder / "parameters.csv"
     if not parameters.is_file():
@@ -107,20 +96,21 @@ def run_seed(out: Path, seed: int, settings: dict[str, Any], variants: Sequence[
 
     for name in variants:
         variant_folder = folder / name
-        flags, steps = _variant_flags(VARIANTS[name], settings, model, global_run)
+        options, steps = _variant_options(VARIANTS[name], settings, widths, global_run)
         spatial = variant_folder / "spatial"
-        _train("spatial", spatial, [*training, *flags], steps)
-        infer = [*common, "--split", "test", "--spatial-model", str(spatial), "--global-model", str(global_run),
-                 "--figures", "0", "--no-hd95"]
-        _infer(variant_folder / "inference",
-               [*infer, "--parameters", str(parameters), "--methods", "global", "tissue_population", "tissue_subject",
-                "literature", "tissue_oracle", "--literature-params", f"{lam:.6g}", f"{mu:.6g}"])
-        _infer(variant_folder / "inference_epe",
-               [*infer, "--parameters", str(folder / "identification_epe" / "parameters.csv"), "--methods",
-                "tissue_population", "--no-save-outputs"])
+        _train(api.SpatialTrainOptions(**training, **options, steps=steps, out=spatial))
+        infer = dict(common, split="test", spatial_model=spatial, global_model=global_run, figures=0, hd95=False)
+        _infer(api.InferOptions(**infer, parameters=parameters,
+                                methods=["global", "tissue_population", "tissue_subject", "literature",
+                                         "tissue_oracle"],
+                                literature_params=[float(f"{lam:.6g}"), float(f"{mu:.6g}")],
+                                out=variant_folder / "inference"))
+        _infer(api.InferOptions(**infer, parameters=folder / "identification_epe" / "parameters.csv",
+                                methods=["tissue_population"], no_save_outputs=True,
+                                out=variant_folder / "inference_epe"))
         if not (variant_folder / "locality" / "locality.csv").is_file():
-            _run("locality", locality_main, [*common, "--split", "test", "--spatial-model", str(spatial),
-                                             "--out", str(variant_folder / "locality")])
+            api.measure_locality(api.LocalityOptions(**common, split="test", spatial_model=spatial,
+                                                     out=variant_folder / "locality"))
         if name == IO_VARIANT:
             _joint_search(folder, identify, infer, spatial)
         if name == IO_VARIANT and settings.get("io_steps"):
@@ -128,26 +118,26 @@ def run_seed(out: Path, seed: int, settings: dict[str, Any], variants: Sequence[
     return folder
 
 
-def _joint_search(folder: Path, identify: list[str], infer: list[str], spatial: Path) -> None:
+def _joint_search(folder: Path, identify: dict[str, Any], infer: dict[str, Any], spatial: Path) -> None:
     """The joint search: the population vector tuned through the spatial model itself by the paper's criterion
     (Dice on the validation pairs; coordinate search from the paper's choice), then the test pairs with it."""
     choice = folder / "identification_joint"
-    _identify(choice, [*identify, "--split", "val", "--refine", "--spatial-model", str(spatial)])
-    _infer(folder / IO_VARIANT / "inference_joint",
-           [*infer, "--parameters", str(choice / "parameters.csv"), "--refined", "--methods", "tissue_population",
-            "--no-save-outputs"])
+    _identify(api.IdentifyOptions(**identify, split="val", refine=True, spatial_model=spatial, out=choice))
+    _infer(api.InferOptions(**infer, parameters=choice / "parameters.csv", refined=True,
+                            methods=["tissue_population"], no_save_outputs=True,
+                            out=folder / IO_VARIANT / "inference_joint"))
 
 
-def _instance_optimisation(folder: Path, settings: dict[str, Any], common: list[str], infer: list[str],
+def _instance_optimisation(folder: Path, settings: dict[str, Any], common: dict[str, Any], infer: dict[str, Any],
                            parameters: Path) -> None:
     """Parameters chosen through the optimisation on validation pairs, then the optimised methods and elastix on
-    the test pairs (the recommended variant's inference flags ``infer``)."""
-    optimisation = ["--instance-steps", str(settings["io_steps"])]
+    the test pairs (the recommended variant's inference options ``infer``)."""
     choice = folder / "identification_io"
-    _identify(choice, [*common, "--split", "val", "--max-pairs", str(settings["io_val_pairs"]), "--global-model",
-                       str(folder / "global"), "--score-with", "instance", "--criterion", "tre", "--grid-step",
-                       str(settings["io_grid_step"]), "--figures", "0", *optimisation])
+    _identify(api.IdentifyOptions(**common, split="val", max_pairs=settings["io_val_pairs"],
+                                  global_model=folder / "global", score_with="instance", criterion="tre",
+                                  grid_step=settings["io_grid_step"], figures=0, instance_steps=settings["io_steps"],
+                                  out=choice))
     methods = ["global", "tissue_population", "identity", *(["elastix"] if settings.get("elastix") else [])]
-    _infer(folder / IO_VARIANT / "inference_io",
-           [*infer, "--parameters", str(parameters), "--methods", *methods, *optimisation, "--instance-parameters",
-            str(choice / "parameters.csv"), "--no-save-outputs"])
+    _infer(api.InferOptions(**infer, parameters=parameters, methods=methods, instance_steps=settings["io_steps"],
+                            instance_parameters=choice / "parameters.csv", no_save_outputs=True,
+                            out=folder / IO_VARIANT / "inference_io"))
