@@ -1,5 +1,5 @@
-"""The checkpoint format: what every model file of the project holds, how it is written, read and upgraded, and
-what kind of model it holds.
+"""The checkpoint format: what every model file of the project holds, how it is written and read, and what kind of
+model it holds.
 
 Two kinds of file, both dicts written atomically with ``torch.save`` (temporary file + rename):
 
@@ -11,10 +11,8 @@ Two kinds of file, both dicts written atomically with ``torch.save`` (temporary 
 
 The model kind (:class:`ModelKind`: global or spatial, elastic or diffusion, class names) is part of
 ``model_config`` (keys ``regularizer`` and ``class_names`` next to ``nb_hyp_params``), so a file says how to read
-its parameter vector. Files written before those keys existed are completed from the training run's ``config``
-when they have one; a bare model file is read as the global elastic model only when that is its only reading
-(P = 2), else :func:`model_kind` raises a ValueError naming what is missing. ``format`` ``hypermorph-v2`` stores
-the kernel heads ``[E, out]``; ``hypermorph-v1`` files (``nn.Linear`` heads ``[out, E]``) are upgraded on reading.
+its parameter vector; a HyperMorph file without them is refused. ``format`` ``hypermorph-v2`` (kernel heads
+``[E, out]``) is the only format.
 """
 from __future__ import annotations
 
@@ -31,13 +29,11 @@ from ..core.hyperparams import REGULARIZERS, params_per_class
 from ..files import atomic_torch_save
 
 __all__ = ["FORMAT", "MODEL_TYPES", "RUN_CHECKPOINT", "CONFIG_BOUNDS", "ModelKind", "kind_from_config", "model_kind",
-           "hyper_model_config", "model_file", "training_checkpoint", "save_checkpoint", "read_checkpoint",
+           "model_file", "training_checkpoint", "save_checkpoint", "read_checkpoint",
            "resolve_checkpoint"]
 
 #: Value of the ``format`` key of every file written by this version.
 FORMAT = "hypermorph-v2"
-_V1 = "hypermorph-v1"
-_HEAD_WEIGHTS = ("weight_head.weight", "bias_head.weight")
 MODEL_TYPES = ("global", "spatial")
 #: Where a training run folder keeps the checkpoint that model flags read by default.
 RUN_CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -96,30 +92,7 @@ def kind_from_config(config: Mapping[str, Any]) -> ModelKind:
 
 def model_kind(payload: Mapping[str, Any], source: str = "checkpoint") -> ModelKind:
     """The kind of the HyperMorph model in a file read by :func:`read_checkpoint` (see the module docstring)."""
-    return kind_from_config(hyper_model_config(payload, source))
-
-
-def hyper_model_config(payload: Mapping[str, Any], source: str = "checkpoint") -> dict[str, Any]:
-    """``model_config`` of a HyperMorph file with its kind filled in for files written before it was stored.
-
-    A config without ``nb_hyp_params`` (not a HyperMorph model) is returned unchanged. Raises ValueError, naming
-    ``source``, when the kind cannot be told: an old bare model file with more than 2 parameters.
-    """
-    config = dict(payload["model_config"])
-    if "nb_hyp_params" not in config or "regularizer" in config:
-        return config
-    run = payload.get("config") or {}
-    parameters = config["nb_hyp_params"]
-    if run.get("regularizer") in REGULARIZERS and run.get("model_type") in MODEL_TYPES:
-        names = run.get("class_names") or None
-        return {**config, "regularizer": run["regularizer"], "class_names": list(names) if names else None}
-    if parameters == 2:
-        return {**config, "regularizer": "elastic", "class_names": None}
-    raise ValueError(
-        f"{source}: the file does not record its model kind (model_config has no 'regularizer' and "
-        f"'class_names', and there is no training 'config'): its {parameters} parameters could be an elastic "
-        f"model of {parameters // 2} classes or a diffusion model of {parameters} classes. Rebuild it with "
-        f"HyperVxmDense(**model_config, regularizer=..., class_names=[...]), load 'model_state' and save it again")
+    return kind_from_config(payload["model_config"])
 
 
 def model_file(model: torch.nn.Module) -> dict[str, Any]:
@@ -169,6 +142,10 @@ def _check_model_config(config: Any, path: str) -> None:
         if not whole or (lengths is not None and not (is_list and len(value) in lengths)):
             what = f"a list of {lengths.start} to {lengths.stop - 1} whole numbers" if lengths else "a whole number"
             raise ValueError(f"{path}: model_config {key!r} must be {what} in {low}..{high}, got {value!r}")
+    missing = [key for key in ("regularizer", "class_names") if key not in config]
+    if "nb_hyp_params" in config and missing:
+        raise ValueError(f"{path}: model_config does not record its model kind (no {missing}); rebuild the model "
+                         f"with HyperVxmDense(**model_config, regularizer=..., class_names=[...]) and save it again")
 
 
 def _check_finite_weights(state: Any, path: str) -> None:
@@ -183,11 +160,11 @@ def _check_finite_weights(state: Any, path: str) -> None:
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a model file or training checkpoint with ``weights_only=True`` (numpy RNG states and paths allowed;
-    anything needing arbitrary unpickling is refused), check its model keys and upgrade a v1 file.
+    anything needing arbitrary unpickling is refused) and check its format and model keys.
 
-    Every ``model_config`` value must lie in its bounds (:data:`CONFIG_BOUNDS`) and every weight be finite. An
-    upgraded payload carries ``upgraded_from``. Raises FileNotFoundError for a missing file, ValueError for an
-    unreadable, incomplete, out-of-bounds, non-finite or unknown one.
+    Every ``model_config`` value must lie in its bounds (:data:`CONFIG_BOUNDS`), a HyperMorph config must record its
+    kind and every weight be finite. Raises FileNotFoundError for a missing file, ValueError for an unreadable,
+    incomplete, out-of-bounds, non-finite or unknown one.
     """
     path = os.fspath(path)
     try:
@@ -204,16 +181,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     for key in ("model_config", "model_state"):
         if key not in payload:
             raise ValueError(f"{path}: missing key {key!r} (found keys {sorted(map(str, payload))})")
+    version = payload.get("format")
+    if version != FORMAT:
+        raise ValueError(f"{path}: checkpoint format {version!r}, this version reads only {FORMAT!r}")
     _check_model_config(payload["model_config"], path)
     _check_finite_weights(payload["model_state"], path)
-    version = payload.get("format", FORMAT)
-    if version == _V1:
-        state = {name: value.t().contiguous() if name.endswith(_HEAD_WEIGHTS) else value
-                 for name, value in payload["model_state"].items()}
-        payload = {**payload, "model_state": state, "format": FORMAT, "upgraded_from": version}
-    elif version != FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format {version!r} (this version reads {FORMAT!r} and "
-                         f"{_V1!r})")
     return payload
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..core.hyperparams import params_per_class
 from ..core.tensors import all_finite, check_image
 from ..core.transform import integrate_velocity, warp
-from .checkpoints import ModelKind, hyper_model_config, kind_from_config, model_file, read_checkpoint, \
+from .checkpoints import ModelKind, kind_from_config, model_file, read_checkpoint, \
     save_checkpoint
 from .conditioning import (CONDITIONINGS, NEEDS_LABELS, class_fractions, class_parameter_sets, fraction_pyramid,
                            parameter_maps)
@@ -220,13 +220,9 @@ class _Registration(nn.Module):
                                    map_location=map_location)
 
     @classmethod
-    def _stored_config(cls, payload: dict[str, Any], source: str) -> dict[str, Any]:
-        return dict(payload["model_config"])
-
-    @classmethod
     def from_checkpoint(cls, payload: dict[str, Any], source: str = "checkpoint", map_location="cpu"):
         """Rebuild a model from a checkpoint dict already read by :func:`~.checkpoints.read_checkpoint`."""
-        config = cls._stored_config(payload, source)
+        config = dict(payload["model_config"])
         try:
             with torch.device("meta"):  # shapes only: a config asking for an absurd size allocates nothing
                 skeleton = cls(**config)
@@ -354,11 +350,6 @@ class HyperVxmDense(_Registration):
     def kind(self) -> ModelKind:
         """How the model reads its parameter vector: model type, regularizer, class names."""
         return kind_from_config(self._config)
-
-    @classmethod
-    def _stored_config(cls, payload: dict[str, Any], source: str) -> dict[str, Any]:
-        # Files written before the config held the kind are completed (or refused) by the checkpoint format.
-        return hyper_model_config(payload, source)
 
     def embed(self, hyper: torch.Tensor) -> torch.Tensor:
         """Hypernetwork embedding ``[B, hyper_units]``, or ``[1, hyper_units]`` when all rows of hyper are equal."""

@@ -1,10 +1,10 @@
 """Command-line plumbing shared by the stage scripts: common flags, config files, resolved-config output.
 
 Every stage takes ``--dataset --data-root --split --out --device --seed --config``. A config file (JSON or YAML)
-supplies defaults by flag name (``data_root`` or ``data-root``, or an alias such as ``model``); flags given on the
+supplies defaults by flag name (``data_root`` or ``data-root``); flags given on the
 command line override it. The same concept has the same flag in every stage: a model is ``--global-model`` or
-``--spatial-model`` (a checkpoint file or a training run folder, default ``runs/default/<kind>/checkpoints/last.pt``;
-``--model`` is the stage's main model), a (lam, mu) pair is ``--<what>-params LAM MU`` (:func:`lam_mu`), pairs are
+``--spatial-model`` (a checkpoint file or a training run folder, default ``runs/default/<kind>/checkpoints/last.pt``),
+a (lam, mu) pair is ``--<what>-params LAM MU`` (:func:`lam_mu`), pairs are
 limited by ``--max-pairs``, figures by ``--figures`` and ``--resume`` continues the run in ``--out``.
 
 A config file's values go through the same conversion as the flags' (type, choices, number of values; a switch
@@ -114,16 +114,13 @@ def default_checkpoint(kind: str) -> str:
     return f"runs/default/{kind}/checkpoints/last.pt"
 
 
-def add_model_arg(group: argparse._ArgumentGroup, kind: str, what: str, alias: bool = False) -> None:
+def add_model_arg(group: argparse._ArgumentGroup, kind: str, what: str) -> None:
     """``--global-model`` or ``--spatial-model`` (dest ``global_model``/``spatial_model``): a checkpoint file or a
-    training run folder (read as its ``checkpoints/last.pt``). ``alias`` adds ``--model`` for the stage's main
-    model. ``what`` says what the stage uses it for."""
+    training run folder (read as its ``checkpoints/last.pt``). ``what`` says what the stage uses it for."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
-    flags = [f"--{kind}-model"] + (["--model"] if alias else [])
-    group.add_argument(*flags, dest=f"{kind}_model", default=default_checkpoint(kind), metavar="CHECKPOINT",
-                       help=f"{kind} model checkpoint, or a training run folder (its checkpoints/last.pt), {what}"
-                            + ("; --model is an alias" if alias else ""))
+    group.add_argument(f"--{kind}-model", dest=f"{kind}_model", default=default_checkpoint(kind), metavar="CHECKPOINT",
+                       help=f"{kind} model checkpoint, or a training run folder (its checkpoints/last.pt), {what}")
 
 
 def lam_mu(values: Sequence[float], flag: str) -> tuple[float, float]:

@@ -36,10 +36,6 @@ __all__ = ["LOCK_NAME", "RECORD_NAME", "OutputLock", "file_identity", "run_recor
 
 LOCK_NAME = ".lock"
 RECORD_NAME = "run.json"
-#: Files that show which stage wrote a folder that has no run.json (written before run.json existed).
-_MARKERS = {"training": ("train_log.csv", "checkpoints"), "identification": ("grid_scores.csv", "parameters.csv"),
-            "inference": ("metrics.csv",), "locality": ("locality.csv",),
-            "demo": ("demo_summary.md", "parameters_for_inference.csv")}
 
 
 def _holder(fd: int) -> str:
@@ -287,21 +283,14 @@ def read_record(folder: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def folder_owner(folder: str | os.PathLike) -> str | None:
-    """The stage that wrote ``folder``: its run.json's, else the one whose files it holds, else None."""
+    """The stage that wrote ``folder`` (its run.json's), or None."""
     folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    record = read_record(folder)
-    if record is not None:
-        return record["stage"]
-    for stage, names in _MARKERS.items():
-        if any((folder / name).exists() for name in names):
-            return stage
-    return None
+    record = read_record(folder) if folder.is_dir() else None
+    return None if record is None else record["stage"]
 
 
 def check_owner(folder: str | os.PathLike, stage: str, flag: str = "--out") -> None:
-    """ValueError when ``folder`` belongs to another stage, or holds files that no stage wrote."""
+    """ValueError when ``folder`` belongs to another stage, or holds files but no run.json (no stage wrote them)."""
     folder = Path(folder)
     owner = folder_owner(folder)
     if owner is not None and owner != stage:
@@ -311,7 +300,8 @@ def check_owner(folder: str | os.PathLike, stage: str, flag: str = "--out") -> N
         foreign = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
         if foreign:
             raise ValueError(f"{flag} {folder} holds files that no stage wrote ({', '.join(foreign[:5])}"
-                             f"{', ...' if len(foreign) > 5 else ''}); choose a new or empty {flag}")
+                             f"{', ...' if len(foreign) > 5 else ''}; no {RECORD_NAME}); choose a new or empty "
+                             f"{flag}")
 
 
 def _flag(option: str) -> str:
@@ -324,14 +314,14 @@ def check_resume(folder: str | os.PathLike, record: Mapping[str, Any], may_diffe
     ``folder`` (nothing to check when the folder holds no run).
 
     Options in ``may_differ``, and options the stored record does not know (added by a later version), may
-    differ. A folder with outputs but without run.json cannot be checked and is refused.
+    differ. A folder with files but without run.json cannot be checked and is refused.
     """
     folder = Path(folder)
     stored = read_record(folder)
     if stored is None:
-        if folder_owner(folder) is not None:
-            raise ValueError(f"{flag}: {folder} has no {RECORD_NAME} (written by an older version), so nothing shows "
-                             f"that this run continues the same one; choose a new --out")
+        if folder.is_dir() and any(p.name != LOCK_NAME for p in folder.iterdir()):
+            raise ValueError(f"{flag}: {folder} has files but no {RECORD_NAME}, so nothing shows that this run "
+                             f"continues the same one; choose a new --out")
         return
     differences = []
     old_options, new_options = stored.get("options", {}), record["options"]

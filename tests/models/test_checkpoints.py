@@ -1,4 +1,4 @@
-"""The checkpoint format: every file records the model kind; old files are completed or refused, never guessed."""
+"""The checkpoint format: every file records the model kind and its format; a file that does not is refused."""
 import pytest
 import torch
 
@@ -18,8 +18,8 @@ def _model(nb_hyp_params, **kwargs):
     return HyperVxmDense((16, 16), nb_hyp_params, **TINY, **kwargs)
 
 
-def _old_file(model, path, **extra):
-    """A file as written before the model config held the kind: no ``regularizer``/``class_names`` keys."""
+def _file_without_kind(model, path, **extra):
+    """A file whose model config lacks the kind: no ``regularizer``/``class_names`` keys."""
     config = {k: v for k, v in model.config.items() if k not in ("regularizer", "class_names")}
     torch.save({"format": FORMAT, "model_config": config, "model_state": model.state_dict(), **extra}, path)
     return path
@@ -65,29 +65,24 @@ def test_an_inconsistent_layout_is_refused_by_the_constructor(parameters, regula
         _model(parameters, regularizer=regularizer, class_names=names)
 
 
-def test_an_old_bare_file_of_the_global_elastic_model_still_loads(tmp_path):
-    model = _model(2)
-    path = _old_file(model, tmp_path / "old.pt")
-    assert model_kind(read_checkpoint(path)) == ModelKind("global", "elastic", ())
-    loaded, info = load_trained_model(path, expect="global")
-    assert info.model_type == "global" and loaded.config == model.config
-
-
-def test_an_old_bare_file_with_more_parameters_is_refused_saying_what_is_missing(tmp_path):
-    path = _old_file(_model(4, class_names=TISSUES), tmp_path / "old.pt")
-    with pytest.raises(ValueError, match="does not record its model kind.*'regularizer' and 'class_names'"):
+@pytest.mark.parametrize("parameters", [2, 4])
+def test_a_file_that_does_not_record_its_model_kind_is_refused_naming_what_is_missing(parameters, tmp_path):
+    path = _file_without_kind(_model(parameters, class_names=TISSUES if parameters > 2 else None), tmp_path / "k.pt")
+    with pytest.raises(ValueError, match=r"k\.pt: model_config does not record its model kind.*'regularizer', "
+                                         r"'class_names'"):
         HyperVxmDense.load(path)
     with pytest.raises(ValueError, match="--spatial-model .*does not record its model kind"):
         load_trained_model(path, argument="--spatial-model")
 
 
-def test_an_old_training_checkpoint_is_completed_from_its_run_config(tmp_path):
-    model = _model(2, regularizer="diffusion", class_names=TISSUES)
-    run = {"model_type": "spatial", "regularizer": "diffusion", "class_names": TISSUES, "ncc_window": 5}
-    path = _old_file(model, tmp_path / "old.pt", config=run)
-    loaded, info = load_trained_model(path)
-    assert info.kind == ModelKind("spatial", "diffusion", tuple(TISSUES)) and info.ncc_window == 5
-    assert loaded.config == model.config
+@pytest.mark.parametrize("version", ["hypermorph-v1", "hypermorph-v9", None])
+def test_a_file_of_another_format_is_refused_naming_it(version, tmp_path):
+    model = _model(2)
+    payload = {"model_config": model.config, "model_state": model.state_dict()}
+    torch.save(payload if version is None else {**payload, "format": version}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=rf"other\.pt: checkpoint format {version!r}, this version reads only "
+                                         rf"'{FORMAT}'"):
+        read_checkpoint(tmp_path / "other.pt")
 
 
 def test_a_training_checkpoint_holds_the_model_file_and_the_resume_state(tmp_path):

@@ -177,25 +177,6 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
     assert torch.equal(loaded(*inputs).velocity, model(*inputs).velocity)
 
 
-def test_load_upgrades_a_v1_file_with_linear_layout_heads(tmp_path):
-    model = _model((16, 16), flow_std=0.1)
-    inputs = _inputs((16, 16))
-    # v1 stored every head as nn.Linear does: weight [out, E]
-    state = {name: value.t() if name.endswith(("weight_head.weight", "bias_head.weight")) else value
-             for name, value in model.state_dict().items()}
-    torch.save({"model_config": model.config, "model_state": state, "format": "hypermorph-v1"}, tmp_path / "v1.pt")
-    loaded = HyperVxmDense.load(tmp_path / "v1.pt")
-    assert torch.equal(loaded(*inputs).velocity, model(*inputs).velocity)
-
-
-def test_load_rejects_an_unknown_format(tmp_path):
-    model = _model((16, 16))
-    torch.save({"model_config": model.config, "model_state": model.state_dict(), "format": "hypermorph-v9"},
-               tmp_path / "future.pt")
-    with pytest.raises(ValueError, match=r"future\.pt.*unknown checkpoint format 'hypermorph-v9'"):
-        HyperVxmDense.load(tmp_path / "future.pt")
-
-
 def test_load_accepts_a_training_checkpoint_with_rng_states(tmp_path):
     model = _model((9, 10, 11), nb_hyp_params=4, flow_std=0.1)
     optimizer = torch.optim.Adam(model.parameters())
@@ -203,7 +184,7 @@ def test_load_accepts_a_training_checkpoint_with_rng_states(tmp_path):
     model(moving, fixed, hyper).warped.mean().backward()
     optimizer.step()
     checkpoint = {
-        "config": {"lr": 1e-4, "dataset": "phantom", "out": tmp_path}, "model_config": model.config,
+        "format": FORMAT, "config": {"lr": 1e-4, "dataset": "phantom", "out": tmp_path}, "model_config": model.config,
         "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(), "step": 1, "epoch": 0,
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                 "numpy_generator": np.random.default_rng(0).bit_generator.state},
@@ -235,7 +216,8 @@ def test_load_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
 def test_load_rejects_a_state_that_does_not_fit_the_config(tmp_path):
     model = _model((16, 16))
     config = {**model.config, "enc_features": [4, 4]}
-    torch.save({"model_config": config, "model_state": model.state_dict()}, tmp_path / "mixed.pt")
+    torch.save({"format": FORMAT, "model_config": config, "model_state": model.state_dict()},
+               tmp_path / "mixed.pt")
     with pytest.raises(ValueError, match="mixed.pt.*model_state"):
         HyperVxmDense.load(tmp_path / "mixed.pt")
 

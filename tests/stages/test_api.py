@@ -66,6 +66,9 @@ def test_the_demo_and_the_study_call_the_stage_functions_not_their_command_lines
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                     for alias in node.names}
         assert "main" not in imported, module
+        flags = [item.value for node in ast.walk(tree) if isinstance(node, (ast.List, ast.Tuple))
+                 for item in node.elts if isinstance(item, ast.Constant) and str(item.value).startswith("--")]
+        assert not flags, f"{module} builds a command line: {flags}"
 
 
 def _readme_example() -> str:

@@ -1,5 +1,5 @@
 """One set of flag names for the same concept in every stage, as the README's flag table says, and the shared
-plumbing: model flags and their ``--model`` alias (on the command line and in config files), (lam, mu) pairs."""
+plumbing: model flags (on the command line and in config files), (lam, mu) pairs."""
 from __future__ import annotations
 
 import json
@@ -66,20 +66,22 @@ def test_resume_is_a_plain_flag_in_every_stage():
         training.build_parser("global").parse_args(["--resume", "some/checkpoint.pt"])
 
 
-def test_model_flags_default_to_the_last_checkpoint_and_model_is_the_main_model():
+def test_model_flags_default_to_the_last_checkpoint_of_the_default_run():
     args = identification.build_parser().parse_args([])
     assert args.global_model == default_checkpoint("global") == "runs/default/global/checkpoints/last.pt"
-    assert identification.build_parser().parse_args(["--model", "g.pt"]).global_model == "g.pt"
-    args = inference.build_parser().parse_args(["--model", "s.pt"])
+    args = inference.build_parser().parse_args(["--spatial-model", "s.pt"])
     assert args.spatial_model == "s.pt" and args.global_model == default_checkpoint("global")
     assert inference.build_parser().parse_args([]).spatial_model == default_checkpoint("spatial")
 
 
-def test_a_config_file_may_use_the_model_alias(tmp_path):
+def test_a_config_file_may_name_a_flag_by_its_dest_or_its_option(tmp_path):
     config = tmp_path / "identify.yaml"
-    config.write_text("model: runs/x/global\nfigures: 0\n")
+    config.write_text("global-model: runs/x/global\nfigures: 0\n")
     args = parse_args_with_config(identification.build_parser(), ["--config", str(config)])
     assert args.global_model == "runs/x/global" and args.figures == 0
+    config.write_text("model: runs/x/global\n")
+    with pytest.raises(ValueError, match="model"):
+        parse_args_with_config(identification.build_parser(), ["--config", str(config)])
 
 
 def test_a_pair_of_parameters_is_checked_the_same_way():

@@ -189,17 +189,16 @@ def test_epe_criterion_minimises_each_class_and_the_global_scope_minimises_the_f
     assert (rows["0002", "b"].criterion, rows["0002", "b"].lam, rows["0002", "b"].mu) == ("epe", 0.0, 0.5)
 
 
-def test_grid_scores_without_an_epe_column_are_read_with_it_empty(tmp_path):
+def test_grid_scores_without_the_epe_column_are_refused_naming_the_expected_columns(tmp_path):
     dice = torch.rand(1, 6, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     path = write_grid_scores(tmp_path / "g.csv", _scores(dice))
     lines = path.read_text().splitlines()
     assert lines[0] == ",".join(GRID_COLUMNS) and lines[0].endswith(",tre_mm,epe_mm")
-    older = tmp_path / "older.csv"
-    older.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")  # drop the last column, epe_mm
-    back = read_grid_scores(older)
-    assert list(back.metrics) == ["dice", "tre_mm", "epe_mm"] and back.epe_mm.isnan().all()
-    torch.testing.assert_close(back.dice, dice)
-    assert write_grid_scores(tmp_path / "again.csv", back).read_bytes() == path.read_bytes()
+    torch.testing.assert_close(read_grid_scores(path).dice, dice)
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")  # drop the last column, epe_mm
+    with pytest.raises(ValueError, match=r"short\.csv: columns .*a grid_scores.csv has columns .*'epe_mm'"):
+        read_grid_scores(short)
 
 
 def _synthetic_dice(bonus):
@@ -237,7 +236,7 @@ def test_help_lists_the_flags(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--global-model", "--model", "--grid-step", "--lam-values", "--criterion", "--background",
+    for flag in ("--global-model", "--grid-step", "--lam-values", "--criterion", "--background",
                  "--background-params", "--figures", "--selection-labels",
                  "--grid-batch", "--max-pairs", "--shard", "--merge", "--refine", "--spatial-model", "--resume",
                  "--dataset", "--data-root", "--split", "--out", "--device", "--seed", "--config"):

@@ -159,7 +159,7 @@ def _case(name, runs, data, tmp):
         other.write_text(runs["parameters"].read_text().replace("dice", "dice "))
         return "infer", _infer_argv(data, runs, _copy(runs["inference"], out), "--resume", parameters=other), \
             "--parameters"
-    if name == "resume a folder written before run.json":
+    if name == "resume a folder without run.json":
         _copy(runs["inference"], out)
         (out / "run.json").unlink()
         return "infer", _infer_argv(data, runs, out, "--resume"), "no run.json"
@@ -425,7 +425,7 @@ def _stage_argv(stage, data, runs, out):
 CASES = ["resume training with another --data-root", "resume training with another --seed",
          "resume training with another --lr", "resume training with another --lr-schedule",
          "resume a cosine schedule with other --steps", "resume identification after its model file was replaced",
-         "resume inference with another --parameters", "resume a folder written before run.json",
+         "resume inference with another --parameters", "resume a folder without run.json",
          "config steps: 2.7", "config steps: true", "config amp: 'no'", "config criterion: bogus",
          "identification into a training folder", "inference into an identification folder",
          "training into a folder of other files", "truncated image", "NaN voxels", "NaN in a true displacement",

@@ -87,15 +87,15 @@ def test_a_folder_belongs_to_the_stage_that_wrote_it(tmp_path):
     check_owner(out, "training")
     with pytest.raises(ValueError, match="holds the outputs of the training stage; the inference stage"):
         check_owner(out, "inference")
-    legacy = tmp_path / "legacy"  # written before run.json: known by its files
-    legacy.mkdir()
-    (legacy / "grid_scores.csv").write_text("")
-    with pytest.raises(ValueError, match="identification stage"):
-        check_owner(legacy, "training")
+    unrecorded = tmp_path / "unrecorded"  # a stage's files but no run.json: nothing shows whose run it is
+    unrecorded.mkdir()
+    (unrecorded / "grid_scores.csv").write_text("")
+    with pytest.raises(ValueError, match=r"holds files that no stage wrote \(grid_scores.csv; no run.json\)"):
+        check_owner(unrecorded, "identification")
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match=r"holds files that no stage wrote \(notes.txt\)"):
+    with pytest.raises(ValueError, match=r"holds files that no stage wrote \(notes.txt; no run.json\)"):
         check_owner(foreign, "training")
     check_owner(tmp_path / "new", "training")
 

@@ -87,20 +87,6 @@ def test_resume_gives_the_same_weights_as_a_straight_run(phantom_root, tmp_path,
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [3, 6]
 
 
-def test_resume_refuses_a_v1_checkpoint_whose_optimizer_has_the_old_head_layout(phantom_root, tmp_path, tiny_flags,
-                                                                               capsys):
-    common = [*tiny_flags, "--val-split", "none"]
-    _train("global", phantom_root, tmp_path / "run", common, "--steps", "1")
-    path = tmp_path / "run" / "checkpoints" / "last.pt"
-    checkpoint = torch.load(path, weights_only=False)
-    checkpoint["format"] = "hypermorph-v1"
-    torch.save(checkpoint, path)
-    with pytest.raises(SystemExit) as exit_info:
-        _train("global", phantom_root, tmp_path / "run", common, "--steps", "2", "--resume")
-    assert exit_info.value.code == 2
-    assert "hypermorph-v1 checkpoint cannot be resumed" in capsys.readouterr().err
-
-
 def test_a_second_run_into_the_same_folder_needs_resume(phantom_root, tmp_path, tiny_flags, capsys):
     _train("global", phantom_root, tmp_path / "run", tiny_flags, "--steps", "1", "--val-split", "none")
     with pytest.raises(SystemExit) as exit_info:

@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(parser, split="val")
     add_run_args(parser, out="runs/default/identification", dry_run=True)
     group = parser.add_argument_group("identification")
-    add_model_arg(group, "global", "scored over the grid (train_hypermorph_global.py)", alias=True)
+    add_model_arg(group, "global", "scored over the grid (train_hypermorph_global.py)")
     group.add_argument("--grid-step", type=float, default=0.1,
                        help="grid spacing of the simplex lam + mu <= 1 (0.1: 66 points); 1 / step must be whole")
     group.add_argument("--lam-values", nargs="+", default=None, metavar="V",

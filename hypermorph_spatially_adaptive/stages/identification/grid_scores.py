@@ -1,8 +1,7 @@
 """``grid_scores.csv``: every score of an identification run, and the shards it can be split into.
 
 :class:`GridScores` holds the scores ``[P, G, C]`` (pairs, grid points, classes) and converts to and from the CSV
-(long format, one row per pair, grid point and class: :data:`GRID_COLUMNS`, optionally :data:`EVAL_COLUMNS`;
-files written before the ``epe_mm`` columns existed are read with them empty).
+(long format, one row per pair, grid point and class: :data:`GRID_COLUMNS`, optionally :data:`EVAL_COLUMNS`).
 ``--shard K/N`` runs score the K-th slice of the sorted pair ids (:func:`shard_pair_ids`);
 :func:`merge_grid_scores` combines them. TRE and EPE (end-point error against the true displacement) are in mm,
 Dice in [0, 1]; NaN (an empty cell) where undefined.
@@ -27,9 +26,8 @@ __all__ = ["GRID_COLUMNS", "EVAL_COLUMNS", "GridScores", "write_grid_scores", "r
 GRID_COLUMNS = ("pair_id", "lam", "mu", "class_id", "class_name", "dice", "tre_mm", "epe_mm")
 #: Extra columns written when other labels chose (``--selection-labels``): the same scores with the dataset's labels.
 EVAL_COLUMNS = ("dice_eval", "tre_mm_eval", "epe_mm_eval")
-#: The score columns a file may have, in the orders it may have them (the first two: before ``epe_mm`` existed).
-_SCORE_LAYOUTS = (GRID_COLUMNS[5:7], GRID_COLUMNS[5:7] + EVAL_COLUMNS[:2], GRID_COLUMNS[5:],
-                  GRID_COLUMNS[5:] + EVAL_COLUMNS)
+#: The score columns a file may have: without and with the extra columns.
+_SCORE_LAYOUTS = (GRID_COLUMNS[5:], GRID_COLUMNS[5:] + EVAL_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -109,7 +107,7 @@ def read_grid_scores(path: str | Path) -> GridScores:
         names = header[5:]
         if header[:5] != GRID_COLUMNS[:5] or names not in _SCORE_LAYOUTS:
             raise ValueError(f"{path}: columns {list(header)}; a grid_scores.csv has columns {list(GRID_COLUMNS)} "
-                             f"(optionally followed by {list(EVAL_COLUMNS)}; older files lack the epe_mm columns)")
+                             f"(optionally followed by {list(EVAL_COLUMNS)})")
         cells: dict[tuple[str, tuple[float, float], int], list[float]] = {}
         class_names: dict[int, str] = {}
         for line, row in enumerate(reader, start=2):

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arg(group, "spatial", "for the methods tissue_population, tissue_subject, literature and "
                   "tissue_oracle; a model with 'tissue' or 'maps' conditioning (train_hypermorph_spatial.py "
                   "--conditioning) needs the fixed labels of every pair (--fixed-labels with explicit files), the "
-                  "paper's 'vector' none", alias=True)
+                  "paper's 'vector' none")
     add_model_arg(group, "global", "for the method global")
     group.add_argument("--parameters", default="runs/default/identification/parameters.csv",
                        help="parameters.csv written by parameter_identification.py")

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(parser, split="val")
     add_run_args(parser, out="runs/default/locality")
     group = parser.add_argument_group("measurement")
-    add_model_arg(group, "spatial", "the model to measure", alias=True)
+    add_model_arg(group, "spatial", "the model to measure")
     group.add_argument("--base-params", type=float, nargs=2, default=list(DEFAULT_BASE), metavar=("LAM", "MU"),
                        help="the (lam, mu) of every class in the base vector")
     group.add_argument("--raised-params", type=float, nargs=2, default=list(DEFAULT_RAISED), metavar=("LAM", "MU"),

@@ -3,11 +3,13 @@ instance optimisation and elastix, aggregated with 95% intervals and paired test
 control, written to a markdown report with one section per regime.
 
     python study.py                          # the quick CPU preset: 2 regimes x 3 seeds on 2 cores
+    python study.py --preset quick-3d        # the small 3D phantom (32^3), 2 regimes x 3 seeds on 2 cores
     python study.py --preset gpu --jobs 1    # 5 seeds at 128 px with longer training, for one GPU
     python study.py --report-only            # rewrite the report from finished runs
 
 Runs live under ``--out`` and resume: a rerun skips every finished stage. The report goes to ``--report``
-(default ``docs/STUDY.md``) with its figures in a folder beside it.
+(default: the preset's, ``docs/STUDY.md`` for ``quick``, see :data:`.presets.REPORTS`) with its figures in a
+folder beside it.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from ..cli import HelpFormatter, error_message, write_config
 from ..options import options_class, options_namespace
 from ..run_folder import OutputLock, clear_folder
 from .aggregate import collect
-from .presets import DEV_SEED, PRESETS, VARIANTS, Regime
+from .presets import DEV_SEED, PRESETS, REPORTS, VARIANTS, Regime
 from .report import write_report
 from .runner import run_seed
 
@@ -37,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="data size, budget and seeds")
     parser.add_argument("--out", default="runs/study", help="folder of the runs (one sub-folder per preset and seed)")
-    parser.add_argument("--report", default="docs/STUDY.md", help="markdown report (figures go beside it)")
+    parser.add_argument("--report", default=None,
+                        help="markdown report, figures beside it (default: the preset's: "
+                             + ", ".join(f"{name} {path}" for name, path in REPORTS.items()) + ")")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to run (default: the preset's)")
     parser.add_argument("--regimes", nargs="+", default=None, metavar="NAME",
                         help="regimes to run and report, e.g. rich-2d-64 ct-2d-64 (default: the preset's)")
@@ -103,7 +107,8 @@ def run_study(args: argparse.Namespace) -> Path:
         runtime = (runtime or 0.0) + time.perf_counter() - started
         atomic_write_json({"seconds": runtime, "jobs": jobs}, record)
     studies = [(regime, collect(out / regime.name, seeds, args.variants)) for regime in regimes]
-    report = write_report(out, studies, Path(args.report), args.preset, settings, runtime)
+    report = Path(args.report or REPORTS.get(args.preset, f"docs/STUDY_{args.preset}.md"))
+    report = write_report(out, studies, report, args.preset, settings, runtime)
     print(report.read_text())
     return report
 

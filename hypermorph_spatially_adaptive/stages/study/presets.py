@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEV_SEED", "PRESETS", "Regime", "Variant", "VARIANTS", "METHOD_LABELS", "IO_METHOD_LABELS", "CONTROL",
-           "GLOBAL"]
+__all__ = ["DEV_SEED", "PRESETS", "REPORTS", "Regime", "Variant", "VARIANTS", "METHOD_LABELS", "IO_METHOD_LABELS",
+           "CONTROL", "GLOBAL"]
 
 #: The seed whose data and validation pairs chose the settings; never part of a report.
 DEV_SEED = 0
@@ -40,12 +40,21 @@ PRESETS = {
     "quick": dict(seeds=(1, 2, 3), regimes=(Regime("rich", 2, 64), Regime("ct", 2, 64)), subjects=56, val=8,
                   test=8, global_steps=2000, paper_steps=1000, batch_size=4, lr=1e-3, grid_step=0.1, jobs=2,
                   **_SMALL_NETWORK, **_INSTANCE),
+    # quick-3d: a small 3D phantom (32^3) on 2 CPU cores, with a quarter of the quick preset's training steps at
+    # half its batch: a first look at 3D whose models are under-trained next to the gpu preset's 64^3 regimes.
+    "quick-3d": dict(seeds=(1, 2, 3), regimes=(Regime("ct", 3, 32), Regime("rich", 3, 32)), subjects=32, val=6,
+                     test=6, global_steps=500, paper_steps=250, batch_size=2, lr=1e-3, grid_step=0.1, jobs=2,
+                     **_SMALL_NETWORK, **_INSTANCE),
     "gpu": dict(seeds=(1, 2, 3, 4, 5), regimes=(Regime("rich", 2, 128), Regime("ct", 2, 128), Regime("rich", 3, 64),
                                                 Regime("ct", 3, 64)),
                 subjects=112, val=16, test=16, global_steps=20000, paper_steps=10000, batch_size=8, lr=5e-4,
                 enc_features=[16, 32, 32, 32], dec_features=[32, 32, 32, 32, 32, 16, 16], hyper_layers=6,
                 hyper_units=128, grid_step=0.1, jobs=1, io_steps=200, io_grid_step=0.2, io_val_pairs=8, elastix=True),
 }
+
+
+#: Each preset's report (``study.py --report`` by default; another preset's is ``docs/STUDY_<preset>.md``).
+REPORTS = {"quick": "docs/STUDY.md", "quick-3d": "docs/STUDY_3D.md", "gpu": "docs/STUDY_GPU.md"}
 
 
 @dataclass(frozen=True)

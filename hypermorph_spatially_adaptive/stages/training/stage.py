@@ -25,7 +25,7 @@ from ...data.registry import collate_pairs
 from ...evaluation.locality import measure_locality
 from ...evaluation.pair_metrics import nanmean, pair_metrics
 from ...files import atomic_write_json
-from ...models.checkpoints import (RUN_CHECKPOINT, hyper_model_config, read_checkpoint, resolve_checkpoint,
+from ...models.checkpoints import (RUN_CHECKPOINT, read_checkpoint, resolve_checkpoint,
                                   save_checkpoint, training_checkpoint)
 from ...runtime import DistributedContext, rng_state, set_rng_state
 from ..cli import error_message, write_config
@@ -181,13 +181,7 @@ def _load_resume(ctx: StageContext, optimizer: torch.optim.Optimizer) -> tuple[i
     if missing:
         raise ValueError(f"--resume {path}: a model file without the training state {missing} (written by "
                          f"model.save, not by training), so the run cannot continue from it")
-    if "upgraded_from" in state:
-        raise ValueError(f"--resume {path}: a {state['upgraded_from']} checkpoint cannot be resumed (its optimizer "
-                         f"state has the old kernel-head layout); its weights load everywhere else")
-    try:
-        stored = hyper_model_config(state, str(path))
-    except ValueError as error:
-        raise ValueError(f"--resume {error}") from None
+    stored = state["model_config"]
     if stored != ctx.model.config:
         raise ValueError(f"--resume {path}: the checkpoint's model ({stored}) differs from the options given "
                          f"({ctx.model.config})")
