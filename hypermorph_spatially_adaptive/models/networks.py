@@ -275,7 +275,7 @@ class VxmDense(_Registration):
         self._check_finite(moving, fixed)
         return self._register(moving, fixed, None)
 
-    def register(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
+    def forward_unchecked(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
         """:meth:`forward` without the checks that read the data (shapes are still checked), for callers that
         checked their inputs once."""
         self._check_pair(moving, fixed)
@@ -404,7 +404,7 @@ class HyperVxmDense(_Registration):
             raise ValueError("hyper must be a finite floating-point tensor (no NaN or infinity)")
         return self._conditioned(moving, fixed, hyper, labels)
 
-    def register(self, moving: torch.Tensor, fixed: torch.Tensor, hyper: torch.Tensor,
+    def forward_unchecked(self, moving: torch.Tensor, fixed: torch.Tensor, hyper: torch.Tensor,
                  labels: torch.Tensor | None = None) -> RegistrationOutput:
         """:meth:`forward` without the checks that read the data: shapes and dtypes are still checked."""
         self._check_pair(moving, fixed)
@@ -435,7 +435,7 @@ class HyperVxmDense(_Registration):
 
 
 class Unchecked(nn.Module):
-    """A model's :meth:`~HyperVxmDense.register` as a module's forward, so that a wrapper that calls ``forward``
+    """A model's :meth:`~HyperVxmDense.forward_unchecked` as a module's forward, so that a wrapper that calls ``forward``
     (DistributedDataParallel) runs the network without the data checks. Holds no parameters of its own: its
     ``state_dict`` is the model's with the prefix ``model.``."""
 
@@ -444,7 +444,7 @@ class Unchecked(nn.Module):
         self.model = model
 
     def forward(self, *inputs: torch.Tensor | None) -> RegistrationOutput:
-        return self.model.register(*inputs)
+        return self.model.forward_unchecked(*inputs)
 
 
 def _hyper_block(ndim: int, embedding_size: int, in_channels: int, out_channels: int) -> HyperConv:

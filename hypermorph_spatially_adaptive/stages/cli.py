@@ -25,11 +25,11 @@ from ..data import registry
 from ..data.file_limits import DEFAULT_MAX_VOXELS, voxel_limit
 from ..data.pair_dataset import EmptySplitError
 from ..files import atomic_write_json, software_versions
+from ..models.checkpoints import MODEL_TYPES
 from .run_folder import OutputLock, check_owner
 
 __all__ = [
     "HelpFormatter",
-    "MODEL_KINDS",
     "add_data_args",
     "add_run_args",
     "add_model_arg",
@@ -105,10 +105,6 @@ def add_run_args(parser: argparse.ArgumentParser, out: str, dry_run: bool = Fals
                                 "the plan (pairs, steps, parameters, time, peak memory); writes nothing")
 
 
-#: The two kinds of trained model a stage can take.
-MODEL_KINDS = ("global", "spatial")
-
-
 def default_checkpoint(kind: str) -> str:
     """Where a model flag looks by default: the last checkpoint of the ``runs/default/<kind>`` training run."""
     return f"runs/default/{kind}/checkpoints/last.pt"
@@ -117,8 +113,8 @@ def default_checkpoint(kind: str) -> str:
 def add_model_arg(group: argparse._ArgumentGroup, kind: str, what: str) -> None:
     """``--global-model`` or ``--spatial-model`` (dest ``global_model``/``spatial_model``): a checkpoint file or a
     training run folder (read as its ``checkpoints/last.pt``). ``what`` says what the stage uses it for."""
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
+    if kind not in MODEL_TYPES:
+        raise ValueError(f"kind must be one of {MODEL_TYPES}, got {kind!r}")
     group.add_argument(f"--{kind}-model", dest=f"{kind}_model", default=default_checkpoint(kind), metavar="CHECKPOINT",
                        help=f"{kind} model checkpoint, or a training run folder (its checkpoints/last.pt), {what}")
 

@@ -28,7 +28,8 @@ def test_grid_points_scored_through_the_optimisation_choose_every_scope(phantom_
 
 
 @pytest.mark.parametrize("extra, flag", [(["--instance-steps", "0"], "--instance-steps"),
-                                         (["--instance-levels", "2", "2", "1"], "--instance-levels")])
+                                         (["--instance-levels", "2", "2", "1"], "--instance-levels"),
+                                         (["--instance-ncc-window", "1"], "--instance-ncc-window")])
 def test_bad_optimisation_settings_exit_2_naming_the_flag(extra, flag, phantom_root, trained_global, tmp_path,
                                                           capsys):
     out = tmp_path / "run"

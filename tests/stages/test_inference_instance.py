@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from hypermorph_spatially_adaptive.stages.inference import main
+from hypermorph_spatially_adaptive.stages.inference.instance import DEFAULT_NCC_WINDOW
 from hypermorph_spatially_adaptive.stages.parameter_table import ParameterRow, write_parameters
 
 CLASSES = ("background", "soft_tissue", "lung", "bone", "liver")
@@ -50,8 +51,10 @@ def test_every_method_gets_an_optimised_counterpart_recorded_in_the_run(io_run):
     assert rows["identity+io"]["parameters_source"] == "population"
     record = json.loads((out / "run.json").read_text())
     assert record["options"]["instance_steps"] == 25 and record["options"]["instance_levels"] == [2, 1]
+    assert record["options"]["instance_ncc_window"] == DEFAULT_NCC_WINDOW
     config = json.loads((out / "config.json").read_text())
-    assert config["instance_optimisation"] == {"steps": 25, "lr": 0.1, "levels": [2, 1]}
+    assert config["instance_optimisation"] == {"steps": 25, "lr": 0.1, "levels": [2, 1],
+                                               "ncc_window": DEFAULT_NCC_WINDOW}
     assert "summary" not in config and "identity+io" in (out / "summary.md").read_text()
 
 
@@ -86,9 +89,21 @@ def test_instance_parameters_replace_the_methods_own_and_resume_keeps_the_rows(i
     assert exit_info.value.code == 2 and "--instance-steps" in capsys.readouterr().err
 
 
+def test_the_ncc_window_is_the_optimisations_own(io_run, tmp_path, phantom_root, trained_global, trained_spatial):
+    _, _, parameters = io_run
+    out = tmp_path / "narrow"
+    assert main(_argv(trained_global, trained_spatial, parameters, out, phantom_root, "--methods", "identity",
+                      "--instance-steps", "25", "--instance-levels", "2", "1", "--instance-lr", "0.1",
+                      "--instance-ncc-window", "3")) == 0
+    narrow, default = _rows(out)["identity+io"], _rows(io_run[0])["identity+io"]
+    assert float(narrow["epe_mm"]) != pytest.approx(float(default["epe_mm"]), rel=1e-4)
+    assert json.loads((out / "run.json").read_text())["options"]["instance_ncc_window"] == 3
+
+
 @pytest.mark.parametrize("extra, flag", [
     (["--instance-steps", "5", "--instance-levels", "2"], "--instance-levels"),
     (["--instance-steps", "5", "--instance-lr", "0"], "--instance-lr"),
+    (["--instance-steps", "5", "--instance-ncc-window", "4"], "--instance-ncc-window"),
     (["--instance-parameters", "x.csv"], "--instance-parameters"),
     (["--instance-steps", "5", "--instance-parameters", "missing.csv"], "--instance-parameters"),
 ])

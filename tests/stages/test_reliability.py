@@ -679,7 +679,8 @@ def test_a_crafted_pickle_in_a_study_rerun_runs_no_code_and_exits_2_naming_it(tm
     monkeypatch.setitem(presets.PRESETS, "tiny", dict(
         seeds=(1,), regimes=(presets.Regime("rich", 2, 32),), subjects=6, val=1, test=1, global_steps=4,
         paper_steps=2, batch_size=2, lr=1e-3, enc_features=[4, 8], dec_features=[8, 8, 4], hyper_layers=2,
-        hyper_units=16, grid_step=0.5, jobs=1, io_steps=2, io_grid_step=0.5, io_val_pairs=1, elastix=False))
+        hyper_units=16, grid_step=0.5, jobs=1, io_steps=2, io_grid_step=0.5, io_val_pairs=1,
+        io_ncc_window=9, elastix=False))
     out = tmp_path / "runs"
     evil = _crafted_checkpoint(out / "tiny" / "rich-2d-32" / "seed1" / "global" / "checkpoints" / "last.pt", tmp_path / "marker")
     with pytest.raises(SystemExit) as exit_info:

@@ -6,7 +6,8 @@ from hypermorph_spatially_adaptive.stages.study import presets
 
 TINY = dict(seeds=(1,), regimes=(presets.Regime("rich", 2, 32),), subjects=6, val=1, test=1, global_steps=4,
             paper_steps=2, batch_size=2, lr=1e-3, enc_features=[4, 8], dec_features=[8, 8, 4], hyper_layers=2,
-            hyper_units=16, grid_step=0.5, jobs=1, io_steps=2, io_grid_step=0.5, io_val_pairs=1, elastix=False)
+            hyper_units=16, grid_step=0.5, jobs=1, io_steps=2, io_grid_step=0.5, io_val_pairs=1,
+            io_ncc_window=9, elastix=False)
 
 
 @pytest.fixture()

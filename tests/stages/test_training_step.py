@@ -71,7 +71,7 @@ def test_unchecked_and_checked_paths_compute_the_same_loss():
     model, _, options, hyper = _setup()
     batch = _batch(1)
     checked = model(batch["moving"], batch["fixed"], hyper)
-    unchecked = model.register(batch["moving"], batch["fixed"], hyper)
+    unchecked = model.forward_unchecked(batch["moving"], batch["fixed"], hyper)
     torch.testing.assert_close(unchecked.velocity, checked.velocity)
     terms = [registration_loss(batch["fixed"], checked.warped, checked.velocity, hyper, num_classes=CLASSES,
                                labels=batch["fixed_labels"], spacing=(2.0, 2.0), ncc_window=5, validate=validate)

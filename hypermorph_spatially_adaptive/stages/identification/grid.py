@@ -10,10 +10,9 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["TOLERANCE", "simplex_grid", "parse_values", "value_grid", "grid_index", "allowed_points"]
+from ...core.hyperparams import TOLERANCE
 
-#: Slack on ``lam + mu <= 1`` and on whole numbers of grid steps.
-TOLERANCE = 1e-6
+__all__ = ["simplex_grid", "parse_values", "value_grid", "grid_index", "allowed_points"]
 
 
 def simplex_grid(step: float) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ...core.instance_optimisation import optimise_velocity
-from ..inference.instance import DEFAULT_LEVELS, DEFAULT_LR, InstanceOptions
+from ..inference.instance import DEFAULT_LEVELS, DEFAULT_LR, DEFAULT_NCC_WINDOW, InstanceOptions
 from .scoring import score_displacements, scoring_targets
 
 __all__ = ["SCORERS", "add_scoring_args", "instance_options", "evaluate_pair_instance"]
@@ -41,6 +41,8 @@ def add_scoring_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--instance-lr", type=float, default=DEFAULT_LR, help="Adam's learning rate (voxels)")
     group.add_argument("--instance-levels", type=int, nargs="+", default=list(DEFAULT_LEVELS), metavar="F",
                        help="downsampling factors of the levels, ending at 1")
+    group.add_argument("--instance-ncc-window", type=int, default=DEFAULT_NCC_WINDOW, metavar="W",
+                       help="NCC window of the optimisation (odd, voxels of each level's grid)")
 
 
 def instance_options(args: argparse.Namespace) -> InstanceOptions | None:
@@ -51,12 +53,12 @@ def instance_options(args: argparse.Namespace) -> InstanceOptions | None:
         raise ValueError("--selection-labels is not supported with --score-with instance")
     if args.instance_steps < 1:
         raise ValueError(f"--instance-steps must be >= 1 with --score-with instance, got {args.instance_steps}")
-    return InstanceOptions.from_args(args.instance_steps, args.instance_lr, args.instance_levels)
+    return InstanceOptions.from_args(args.instance_steps, args.instance_lr, args.instance_levels,
+                                     args.instance_ncc_window)
 
 
 def evaluate_pair_instance(item: dict[str, Any], grid: torch.Tensor, num_classes: int, options: InstanceOptions,
-                           device: torch.device, int_steps: int = 7, ncc_window: int = 9,
-                           grid_batch: int = 16) -> dict[str, torch.Tensor]:
+                           device: torch.device, int_steps: int = 7, grid_batch: int = 16) -> dict[str, torch.Tensor]:
     """Scores of one pair at every grid point ``[G, 2]`` through the optimisation: column name -> float64
     ``[G, C]`` (CPU), the columns of :func:`.scoring.score_displacements`; ``grid_batch`` points per batch."""
     fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
@@ -68,7 +70,7 @@ def evaluate_pair_instance(item: dict[str, Any], grid: torch.Tensor, num_classes
         count = points.shape[0]
         result = optimise_velocity(fixed.expand(count, *fixed.shape[1:]), moving.expand(count, *moving.shape[1:]),
                                    points[:, 0], points[:, 1], spacing=spacing, steps=options.steps, lr=options.lr,
-                                   levels=options.levels, int_steps=int_steps, ncc_window=ncc_window)
+                                   levels=options.levels, int_steps=int_steps, ncc_window=options.ncc_window)
         for name, values in score_displacements(result.displacement, targets, num_classes).items():
             chunks.setdefault(name, []).append(values.cpu())
     return {name: torch.cat(values) for name, values in chunks.items()}

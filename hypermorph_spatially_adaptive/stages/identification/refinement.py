@@ -22,7 +22,7 @@ import torch
 
 from ...core.hyperparams import join_hyperparams
 from .choice import best_index, objective
-from .grid import TOLERANCE
+from ...core.hyperparams import TOLERANCE
 from .scoring import evaluate_pair
 
 __all__ = ["Refinement", "evaluate_vectors", "neighbours", "refine_vector"]

@@ -90,7 +90,7 @@ def evaluate_pair(model: torch.nn.Module, item: dict[str, Any], grid: torch.Tens
     ``selection`` the keys are ``dice``, ``tre_mm`` and ``epe_mm`` of the item's labels (:func:`score_displacements`);
     with ``selection`` (an item carrying other labels, e.g. automatic segmentations) those are the classes of its
     labels, and ``dice_eval``, ``tre_mm_eval``, ``epe_mm_eval`` the item's own. The images and the grid are checked once (the first pass goes
-    through ``model.forward``), the other passes run ``model.register`` without the data checks.
+    through ``model.forward``), the other passes run ``model.forward_unchecked`` without the data checks.
     """
     device = next(model.parameters()).device
     grid_batch = grid_batch or default_grid_batch(device)
@@ -104,7 +104,7 @@ def evaluate_pair(model: torch.nn.Module, item: dict[str, Any], grid: torch.Tens
         hyper = grid[start:start + grid_batch].to(device, torch.float32)
         count = hyper.shape[0]
         # Later passes: the images the first pass checked, and grid points the stage built itself.
-        run = model if start == 0 else model.register
+        run = model if start == 0 else model.forward_unchecked
         displacement = run(moving.expand(count, *moving.shape[1:]), fixed.expand(count, *fixed.shape[1:]),
                            hyper, labels).displacement
         for suffix, target in targets.items():

@@ -19,7 +19,7 @@ from ...core.instance_optimisation import InstanceResult, check_levels, optimise
 from ...core.regularizers import lame_maps
 
 __all__ = ["IO_SUFFIX", "IDENTITY", "InstanceOptions", "io_method", "base_method", "with_io_methods",
-           "lame_maps_of", "optimise_pair", "DEFAULT_LR", "DEFAULT_LEVELS"]
+           "lame_maps_of", "optimise_pair", "DEFAULT_LR", "DEFAULT_LEVELS", "DEFAULT_NCC_WINDOW"]
 
 IO_SUFFIX = "+io"
 #: The zero field: no registration, and, with ``--instance-steps``, the start of a classical registration.
@@ -27,19 +27,26 @@ IDENTITY = "identity"
 #: Defaults tuned for 200 steps per level on the demo phantom's validation pairs (README, benchmarks).
 DEFAULT_LR = 0.05
 DEFAULT_LEVELS = (4, 2, 1)
+#: NCC window (voxels of each level's grid) of the optimisation, wider than the networks' 9: a small window
+#: normalises the noise of a homogeneous organ into a full-strength signal, which the optimisation then matches
+#: (chosen on seed 0's validation pairs of both 2D phantom regimes: docs/STUDY.md).
+DEFAULT_NCC_WINDOW = 25
 
 
 @dataclass(frozen=True)
 class InstanceOptions:
-    """``--instance-steps`` (Adam steps per level), ``--instance-lr`` (voxels of each level's grid) and
-    ``--instance-levels`` (downsampling factors ending at 1)."""
+    """``--instance-steps`` (Adam steps per level), ``--instance-lr`` (voxels of each level's grid),
+    ``--instance-levels`` (downsampling factors ending at 1) and ``--instance-ncc-window`` (odd, voxels of each
+    level's grid)."""
 
     steps: int
     lr: float
     levels: tuple[int, ...]
+    ncc_window: int = DEFAULT_NCC_WINDOW
 
     @classmethod
-    def from_args(cls, steps: int, lr: float, levels: Sequence[int]) -> "InstanceOptions":
+    def from_args(cls, steps: int, lr: float, levels: Sequence[int],
+                  ncc_window: int = DEFAULT_NCC_WINDOW) -> "InstanceOptions":
         if steps < 0:
             raise ValueError(f"--instance-steps must be >= 0, got {steps}")
         if not lr > 0:
@@ -48,7 +55,10 @@ class InstanceOptions:
             levels = check_levels(levels)
         except ValueError as error:
             raise ValueError(f"--instance-levels: {error}") from None
-        return cls(int(steps), float(lr), levels)
+        if ncc_window < 3 or ncc_window % 2 == 0:
+            raise ValueError(f"--instance-ncc-window must be an odd number >= 3 (a window centred on its voxel), "
+                             f"got {ncc_window}")
+        return cls(int(steps), float(lr), levels, int(ncc_window))
 
 
 def io_method(method: str) -> str:
@@ -85,12 +95,13 @@ def lame_maps_of(hyper: torch.Tensor, item: dict[str, Any], device: torch.device
 
 
 def optimise_pair(item: dict[str, Any], start: torch.Tensor | None, hyper: torch.Tensor, options: InstanceOptions,
-                  device: torch.device, int_steps: int, ncc_window: int) -> InstanceResult:
+                  device: torch.device, int_steps: int) -> InstanceResult:
     """Optimise one pair's velocity from ``start`` ``[1, ndim, *S]`` (voxels; None: zero) with the Lame maps of
-    ``hyper`` (:func:`lame_maps_of`), with the model's ``int_steps`` and NCC window."""
+    ``hyper`` (:func:`lame_maps_of`), with the model's ``int_steps`` and the options' NCC window."""
     lam, mu = lame_maps_of(hyper, item, device)
     return optimise_velocity(item["fixed"][None].to(device), item["moving"][None].to(device), lam, mu,
                              spacing=tuple(float(s) for s in item["spacing"]),
                              velocity=None if start is None else start.to(device), steps=options.steps,
-                             lr=options.lr, levels=options.levels, int_steps=int_steps, ncc_window=ncc_window)
+                             lr=options.lr, levels=options.levels, int_steps=int_steps,
+                             ncc_window=options.ncc_window)
 

@@ -91,9 +91,7 @@ def _optimised(ctx: StageContext, item: dict, pair_id: str, method: str, start: 
                                       ctx.oracle)
     model = ctx.models.get("global" if method == "global" else "spatial")
     int_steps = model[0].int_steps if model else next((m.int_steps for m, _ in ctx.models.values()), 7)
-    ncc_window = model[1].ncc_window if model else next((i.ncc_window for _, i in ctx.models.values()), 9)
-    result = optimise_pair(item, None if method == IDENTITY else start, hyper, ctx.instance, ctx.device, int_steps,
-                           ncc_window)
+    result = optimise_pair(item, None if method == IDENTITY else start, hyper, ctx.instance, ctx.device, int_steps)
     return result.warped, result.displacement, start_seconds + result.seconds, source
 
 

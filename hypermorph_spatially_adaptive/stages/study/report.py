@@ -161,7 +161,8 @@ def _setup(preset: str, settings: dict[str, Any], seeds: Sequence[int], variants
                      f"{variant.description}.")
     lines += ["- Methods:", *(f"  - `{m}`: {label}." for m, label in METHOD_LABELS.items())]
     if settings.get("io_steps"):
-        lines += [f"- Instance optimisation ({settings['io_steps']} Adam steps per level, levels 4, 2, 1; parameters "
+        lines += [f"- Instance optimisation ({settings['io_steps']} Adam steps per level, levels 4, 2, 1, NCC window "
+                  f"{settings['io_ncc_window']}; parameters "
                   f"chosen through the optimisation by TRE on {settings['io_val_pairs']} validation pairs of the "
                   f"seed, grid step {settings['io_grid_step']}), with the `{IO_VARIANT}` variant:",
                   *(f"  - `{m}`: {label}." for m, label in IO_METHOD_LABELS.items())]

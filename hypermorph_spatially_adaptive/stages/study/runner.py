@@ -136,8 +136,8 @@ def _instance_optimisation(folder: Path, settings: dict[str, Any], common: dict[
     _identify(api.IdentifyOptions(**common, split="val", max_pairs=settings["io_val_pairs"],
                                   global_model=folder / "global", score_with="instance", criterion="tre",
                                   grid_step=settings["io_grid_step"], figures=0, instance_steps=settings["io_steps"],
-                                  out=choice))
+                                  instance_ncc_window=settings["io_ncc_window"], out=choice))
     methods = ["global", "tissue_population", "identity", *(["elastix"] if settings.get("elastix") else [])]
     _infer(api.InferOptions(**infer, parameters=parameters, methods=methods, instance_steps=settings["io_steps"],
                             instance_parameters=choice / "parameters.csv", no_save_outputs=True,
-                            out=folder / IO_VARIANT / "inference_io"))
+                            instance_ncc_window=settings["io_ncc_window"], out=folder / IO_VARIANT / "inference_io"))

@@ -25,7 +25,7 @@ from ...data.registry import collate_pairs
 from ...evaluation.locality import measure_locality
 from ...evaluation.pair_metrics import nanmean, pair_metrics
 from ...files import atomic_write_json
-from ...models.checkpoints import (RUN_CHECKPOINT, read_checkpoint, resolve_checkpoint,
+from ...models.checkpoints import (MODEL_TYPES, RUN_CHECKPOINT, read_checkpoint, resolve_checkpoint,
                                   save_checkpoint, training_checkpoint)
 from ...runtime import DistributedContext, rng_state, set_rng_state
 from ..cli import error_message, write_config
@@ -38,7 +38,6 @@ from .step import LossOptions, check_batch, training_network, training_step
 __all__ = ["MODEL_TYPES", "LR_SCHEDULES", "LOG_COLUMNS", "TrainingError", "scheduled_lr", "log_columns",
            "validate", "run_identity", "train"]
 
-MODEL_TYPES = ("global", "spatial")
 #: Columns of every ``train_log.csv``; a spatial model's log adds ``val_locality_<class>`` and
 #: ``val_leakage_<class>`` per foreground class (:func:`log_columns`).
 LOG_COLUMNS = ("step", "epoch", "loss", "similarity", "regularization", "val_dice", "val_tre_mm",

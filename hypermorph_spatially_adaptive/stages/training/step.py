@@ -2,7 +2,7 @@
 
 The batch is checked on the CPU before it goes to the device (:func:`check_batch`: finite images, labels in
 ``0..C-1``); the parameter vectors come from the sampler and are valid by construction. Inside the step the network
-runs through :meth:`~...models.networks.HyperVxmDense.register` (wrapped by :func:`training_network`, also under
+runs through :meth:`~...models.networks.HyperVxmDense.forward_unchecked` (wrapped by :func:`training_network`, also under
 DistributedDataParallel) and the loss with ``validate=False``, so no check reads device data: the only
 host-device synchronisation of a step is reading its three loss values, which the log and the NaN stop need.
 """
@@ -52,7 +52,7 @@ def check_batch(batch: dict[str, Any], options: LossOptions) -> None:
 
 
 def training_network(model: HyperVxmDense, distributed: DistributedContext, device: torch.device) -> torch.nn.Module:
-    """The module a training step calls: ``model.register`` (no data checks), in DistributedDataParallel when the
+    """The module a training step calls: ``model.forward_unchecked`` (no data checks), in DistributedDataParallel when the
     run has several processes. Its parameters are the model's."""
     network = Unchecked(model)
     if distributed.enabled:
