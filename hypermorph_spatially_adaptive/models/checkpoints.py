@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..core.hyperparams import REGULARIZERS, params_per_class
+from ..core.hyperparams import params_per_class
 from ..files import atomic_torch_save
 
 __all__ = ["FORMAT", "MODEL_TYPES", "RUN_CHECKPOINT", "CONFIG_BOUNDS", "ModelKind", "kind_from_config", "model_kind",

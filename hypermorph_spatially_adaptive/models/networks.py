@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from ..core.hyperparams import params_per_class
 from ..core.tensors import all_finite, check_image
 from ..core.transform import integrate_velocity, warp
-from .checkpoints import ModelKind, kind_from_config, model_file, read_checkpoint, \
-    save_checkpoint
+from .checkpoints import ModelKind, kind_from_config, model_file, read_checkpoint, save_checkpoint
 from .conditioning import (CONDITIONINGS, NEEDS_LABELS, class_fractions, class_parameter_sets, fraction_pyramid,
                            parameter_maps)
 from .hypernetwork import LEAKY_SLOPE, HyperConv, HyperNetwork, conv_nd, kaiming_std
@@ -405,7 +404,7 @@ class HyperVxmDense(_Registration):
         return self._conditioned(moving, fixed, hyper, labels)
 
     def forward_unchecked(self, moving: torch.Tensor, fixed: torch.Tensor, hyper: torch.Tensor,
-                 labels: torch.Tensor | None = None) -> RegistrationOutput:
+                          labels: torch.Tensor | None = None) -> RegistrationOutput:
         """:meth:`forward` without the checks that read the data: shapes and dtypes are still checked."""
         self._check_pair(moving, fixed)
         self._check_hyper(hyper, moving.shape[0])
@@ -435,8 +434,8 @@ class HyperVxmDense(_Registration):
 
 
 class Unchecked(nn.Module):
-    """A model's :meth:`~HyperVxmDense.forward_unchecked` as a module's forward, so that a wrapper that calls ``forward``
-    (DistributedDataParallel) runs the network without the data checks. Holds no parameters of its own: its
+    """A model's :meth:`~HyperVxmDense.forward_unchecked` as a module's forward, so that a wrapper that calls
+    ``forward`` (DistributedDataParallel) runs the network without the data checks. Holds no parameters of its own: its
     ``state_dict`` is the model's with the prefix ``model.``."""
 
     def __init__(self, model: nn.Module):

@@ -289,6 +289,11 @@ def folder_owner(folder: str | os.PathLike) -> str | None:
     return None if record is None else record["stage"]
 
 
+def _contents(folder: Path) -> list[str]:
+    """Names of what ``folder`` holds besides the lock, sorted (empty when it is not a folder)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME) if folder.is_dir() else []
+
+
 def check_owner(folder: str | os.PathLike, stage: str, flag: str = "--out") -> None:
     """ValueError when ``folder`` belongs to another stage, or holds files but no run.json (no stage wrote them)."""
     folder = Path(folder)
@@ -296,12 +301,10 @@ def check_owner(folder: str | os.PathLike, stage: str, flag: str = "--out") -> N
     if owner is not None and owner != stage:
         raise ValueError(f"{flag} {folder} holds the outputs of the {owner} stage; the {stage} stage does not write "
                          f"into another stage's folder: choose another {flag}")
-    if owner is None and folder.is_dir():
-        foreign = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
-        if foreign:
-            raise ValueError(f"{flag} {folder} holds files that no stage wrote ({', '.join(foreign[:5])}"
-                             f"{', ...' if len(foreign) > 5 else ''}; no {RECORD_NAME}); choose a new or empty "
-                             f"{flag}")
+    foreign = _contents(folder) if owner is None else []
+    if foreign:
+        raise ValueError(f"{flag} {folder} holds files that no stage wrote ({', '.join(foreign[:5])}"
+                         f"{', ...' if len(foreign) > 5 else ''}; no {RECORD_NAME}); choose a new or empty {flag}")
 
 
 def _flag(option: str) -> str:
@@ -319,7 +322,7 @@ def check_resume(folder: str | os.PathLike, record: Mapping[str, Any], may_diffe
     folder = Path(folder)
     stored = read_record(folder)
     if stored is None:
-        if folder.is_dir() and any(p.name != LOCK_NAME for p in folder.iterdir()):
+        if _contents(folder):
             raise ValueError(f"{flag}: {folder} has files but no {RECORD_NAME}, so nothing shows that this run "
                              f"continues the same one; choose a new --out")
         return

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ...core.instance_optimisation import optimise_velocity
-from ..inference.instance import DEFAULT_LEVELS, DEFAULT_LR, DEFAULT_NCC_WINDOW, InstanceOptions
+from ..inference.instance import InstanceOptions, add_instance_args
 from .scoring import score_displacements, scoring_targets
 
 __all__ = ["SCORERS", "add_scoring_args", "instance_options", "evaluate_pair_instance"]
@@ -30,19 +30,14 @@ SCORERS = ("network", "instance")
 
 
 def add_scoring_args(parser: argparse.ArgumentParser) -> None:
-    """``--score-with`` and the optimisation's ``--instance-steps``, ``--instance-lr``, ``--instance-levels`` (as
-    inference's, whose ``+io`` methods the chosen values are for)."""
+    """``--score-with`` and the optimisation's ``--instance-*`` flags (:func:`~..inference.instance.add_instance_args`,
+    as inference's, whose ``+io`` methods the chosen values are for)."""
     group = parser.add_argument_group("scoring through the instance optimisation (parameters for inference's +io "
                                       "methods, --instance-parameters)")
     group.add_argument("--score-with", choices=SCORERS, default="network",
                        help="register each pair at each grid point with the global network, or by the instance "
                             "optimisation from zero (slower: use a coarser --grid-step, e.g. 0.2)")
-    group.add_argument("--instance-steps", type=int, default=200, metavar="N", help="Adam steps per level")
-    group.add_argument("--instance-lr", type=float, default=DEFAULT_LR, help="Adam's learning rate (voxels)")
-    group.add_argument("--instance-levels", type=int, nargs="+", default=list(DEFAULT_LEVELS), metavar="F",
-                       help="downsampling factors of the levels, ending at 1")
-    group.add_argument("--instance-ncc-window", type=int, default=DEFAULT_NCC_WINDOW, metavar="W",
-                       help="NCC window of the optimisation (odd, voxels of each level's grid)")
+    add_instance_args(group, steps=200, steps_help="Adam steps per level")
 
 
 def instance_options(args: argparse.Namespace) -> InstanceOptions | None:
@@ -53,8 +48,7 @@ def instance_options(args: argparse.Namespace) -> InstanceOptions | None:
         raise ValueError("--selection-labels is not supported with --score-with instance")
     if args.instance_steps < 1:
         raise ValueError(f"--instance-steps must be >= 1 with --score-with instance, got {args.instance_steps}")
-    return InstanceOptions.from_args(args.instance_steps, args.instance_lr, args.instance_levels,
-                                     args.instance_ncc_window)
+    return InstanceOptions.from_namespace(args)
 
 
 def evaluate_pair_instance(item: dict[str, Any], grid: torch.Tensor, num_classes: int, options: InstanceOptions,

@@ -20,9 +20,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ...core.hyperparams import join_hyperparams
+from ...core.hyperparams import TOLERANCE, join_hyperparams
 from .choice import best_index, objective
-from ...core.hyperparams import TOLERANCE
 from .scoring import evaluate_pair
 
 __all__ = ["Refinement", "evaluate_vectors", "neighbours", "refine_vector"]

@@ -10,7 +10,7 @@ from ...data import nifti_io
 from ..cli import HelpFormatter, add_data_args, add_model_arg, add_run_args, run_stage
 from .context import OUTPUT_FORMATS
 from .elastix import ElastixSettings
-from .instance import DEFAULT_LEVELS, DEFAULT_LR, DEFAULT_NCC_WINDOW
+from .instance import add_instance_args
 from .pairs import DEFAULT_METHODS, METHODS
 from .stage import run
 
@@ -61,15 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Starting from each method's velocity (identity: from zero, a classical registration), Adam minimises the\n"
         "training objective on the pair (weighted NCC + elastic energy with the method's voxelwise Lame maps),\n"
         "coarse to fine, then integrates. The defaults are tuned for --instance-steps 200.")
-    instance.add_argument("--instance-steps", type=int, default=0, metavar="N",
-                          help="Adam steps per level (0: no optimised methods)")
-    instance.add_argument("--instance-lr", type=float, default=DEFAULT_LR,
-                          help="Adam's learning rate, in voxels of each level's grid")
-    instance.add_argument("--instance-levels", type=int, nargs="+", default=list(DEFAULT_LEVELS), metavar="F",
-                          help="downsampling factors of the levels, coarse to fine, ending at 1")
-    instance.add_argument("--instance-ncc-window", type=int, default=DEFAULT_NCC_WINDOW, metavar="W",
-                          help="NCC window of the optimisation (odd, voxels of each level's grid; the networks "
-                               "train with 9)")
+    add_instance_args(instance, steps=0, steps_help="Adam steps per level (0: no optimised methods)")
     instance.add_argument("--instance-methods", nargs="+", default=None, metavar="METHOD",
                           help="the methods of --methods that get a +io counterpart (default: all but elastix)")
     instance.add_argument("--instance-parameters", default=None, metavar="FILE",

@@ -239,8 +239,7 @@ def _check_instance(args: argparse.Namespace, methods: list[str], dataset: Any, 
                     ) -> tuple[InstanceOptions | None, ParameterTable | None]:
     """``--instance-*`` checked: the options, the parameters file and its scopes, and the fixed labels that place
     the per-class values of the optimised spatial methods."""
-    options = InstanceOptions.from_args(args.instance_steps, args.instance_lr, args.instance_levels,
-                                        args.instance_ncc_window)
+    options = InstanceOptions.from_namespace(args)
     if args.instance_parameters is not None and not options.steps:
         raise ValueError("--instance-parameters needs --instance-steps N (N > 0)")
     if not options.steps:

@@ -10,6 +10,7 @@ or, with ``--instance-parameters FILE``, the same scope of that file: values cho
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -19,7 +20,7 @@ from ...core.instance_optimisation import InstanceResult, check_levels, optimise
 from ...core.regularizers import lame_maps
 
 __all__ = ["IO_SUFFIX", "IDENTITY", "InstanceOptions", "io_method", "base_method", "with_io_methods",
-           "lame_maps_of", "optimise_pair", "DEFAULT_LR", "DEFAULT_LEVELS", "DEFAULT_NCC_WINDOW"]
+           "lame_maps_of", "optimise_pair", "add_instance_args", "DEFAULT_LR", "DEFAULT_LEVELS", "DEFAULT_NCC_WINDOW"]
 
 IO_SUFFIX = "+io"
 #: The zero field: no registration, and, with ``--instance-steps``, the start of a classical registration.
@@ -45,20 +46,35 @@ class InstanceOptions:
     ncc_window: int = DEFAULT_NCC_WINDOW
 
     @classmethod
-    def from_args(cls, steps: int, lr: float, levels: Sequence[int],
-                  ncc_window: int = DEFAULT_NCC_WINDOW) -> "InstanceOptions":
-        if steps < 0:
-            raise ValueError(f"--instance-steps must be >= 0, got {steps}")
-        if not lr > 0:
-            raise ValueError(f"--instance-lr must be positive, got {lr}")
+    def from_namespace(cls, args: argparse.Namespace) -> "InstanceOptions":
+        """The options of the flags :func:`add_instance_args` added, checked (ValueError naming the flag)."""
+        if args.instance_steps < 0:
+            raise ValueError(f"--instance-steps must be >= 0, got {args.instance_steps}")
+        if not args.instance_lr > 0:
+            raise ValueError(f"--instance-lr must be positive, got {args.instance_lr}")
         try:
-            levels = check_levels(levels)
+            levels = check_levels(args.instance_levels)
         except ValueError as error:
             raise ValueError(f"--instance-levels: {error}") from None
-        if ncc_window < 3 or ncc_window % 2 == 0:
+        window = args.instance_ncc_window
+        if window < 3 or window % 2 == 0:
             raise ValueError(f"--instance-ncc-window must be an odd number >= 3 (a window centred on its voxel), "
-                             f"got {ncc_window}")
-        return cls(int(steps), float(lr), levels, int(ncc_window))
+                             f"got {window}")
+        return cls(int(args.instance_steps), float(args.instance_lr), levels, int(window))
+
+
+def add_instance_args(group: argparse._ArgumentGroup, steps: int, steps_help: str) -> None:
+    """``--instance-steps`` (default ``steps``), ``--instance-lr``, ``--instance-levels`` and
+    ``--instance-ncc-window``: the same flags in identification and inference, so that values chosen through the
+    optimisation suit the ``+io`` methods."""
+    group.add_argument("--instance-steps", type=int, default=steps, metavar="N", help=steps_help)
+    group.add_argument("--instance-lr", type=float, default=DEFAULT_LR,
+                       help="Adam's learning rate, in voxels of each level's grid")
+    group.add_argument("--instance-levels", type=int, nargs="+", default=list(DEFAULT_LEVELS), metavar="F",
+                       help="downsampling factors of the levels, coarse to fine, ending at 1")
+    group.add_argument("--instance-ncc-window", type=int, default=DEFAULT_NCC_WINDOW, metavar="W",
+                       help="NCC window of the optimisation (odd, voxels of each level's grid; the networks "
+                            "train with 9)")
 
 
 def io_method(method: str) -> str:
